@@ -1,0 +1,1 @@
+"""One package per cause; ``nanlab.registry`` discovers them."""

@@ -1,0 +1,123 @@
+"""The TensorFlow/Keras training loop that records loss, gradient norm and the first non-finite step.
+
+A ``GradientTape`` loop, run eagerly so that an op that raises (out-of-range labels on CPU) raises where it is
+written. Recording does not change the numerics: the gradient norm is computed from the gradients (in float64)
+without touching them; clipping and schedules, when a fix asks for them, are the optimizer's own
+(``global_clipnorm``, ``keras.optimizers.schedules``), as a Keras user would write them.
+"""
+from __future__ import annotations
+
+import os
+
+# Before TensorFlow loads: keep its C++ info logs off stderr, and turn off oneDNN's reordered float sums so that
+# CPU results do not depend on the processor's instruction set.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nanlab.data import minibatch_indices
+from nanlab.lr_range import RangeTestTracker
+
+Batch = tuple[tf.Tensor, tf.Tensor]
+TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
+
+
+@dataclass
+class Training:
+    """Everything one training run needs; a cause's recipe builds one per setting."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    batches: Iterator[Batch]
+    evaluate: Callable[[keras.Model], float]
+
+
+@dataclass
+class History:
+    losses: list[float]
+    grad_norms: list[float]
+    first_nonfinite_step: int | None
+
+
+def on_device(device: str):
+    """The TensorFlow device scope for ``"cpu"`` or ``"cuda"``."""
+    return tf.device(TF_DEVICES[device])
+
+
+def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Endless shuffled minibatches of ``(x, y)`` as tensors."""
+    features, targets = tf.constant(x), tf.constant(y)
+    for index in minibatch_indices(len(x), batch_size, seed):
+        yield tf.gather(features, index), tf.gather(targets, index)
+
+
+def accuracy(x: np.ndarray, y: np.ndarray) -> Callable[[keras.Model], float]:
+    """An ``evaluate`` function: the model's accuracy on held-out ``(x, y)``."""
+    features = tf.constant(x)
+
+    def evaluate(model: keras.Model) -> float:
+        predictions = np.argmax(model(features, training=False).numpy(), axis=-1)
+        return float(np.mean(predictions == y))
+
+    return evaluate
+
+
+def gradient_norm(gradients: list[tf.Tensor | None]) -> tf.Tensor:
+    """The global L2 norm of the gradients, accumulated in float64; the gradients are not modified."""
+    squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in gradients if g is not None]
+    return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0, tf.float64)
+
+
+def train_step(training: Training, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """One optimisation step; returns the loss and the global gradient norm (before the optimizer clips)."""
+    model = training.model
+    with tf.GradientTape() as tape:
+        loss = training.loss_fn(y, model(x, training=True))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    norm = gradient_norm(gradients)
+    training.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    return loss, norm
+
+
+def train(training: Training, steps: int) -> History:
+    """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite."""
+    losses, grad_norms = [], []
+    for step in range(steps):
+        x, y = next(training.batches)
+        loss, norm = train_step(training, x, y)
+        loss_value, norm_value = float(loss.numpy()), float(norm.numpy())
+        losses.append(loss_value)
+        grad_norms.append(norm_value)
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            return History(losses, grad_norms, step)
+    return History(losses, grad_norms, None)
+
+
+def lr_range_test(training: Training, lr_min: float = 1e-4, lr_max: float = 100.0, steps: int = 60) -> float:
+    """Leslie Smith's LR range test (see ``nanlab.lr_range``); the model and the optimizer are restored afterwards.
+
+    The optimizer must have a plain float learning rate, not a schedule. Only ``training.batches`` is consumed.
+    """
+    model, optimizer = training.model, training.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    weights = model.get_weights()
+    optimizer_state = [variable.numpy() for variable in optimizer.variables]
+    tracker = RangeTestTracker(lr_min, lr_max, steps)
+    for lr in tracker.rates():
+        optimizer.learning_rate.assign(lr)
+        x, y = next(training.batches)
+        if not tracker.record(float(train_step(training, x, y)[0].numpy())):
+            break
+    model.set_weights(weights)
+    for variable, value in zip(optimizer.variables, optimizer_state):
+        variable.assign(value)
+    return tracker.suggestion()

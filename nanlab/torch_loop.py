@@ -1,0 +1,127 @@
+"""The PyTorch training loop that records loss, gradient norm and the first non-finite step.
+
+Recording does not change the numerics: the gradient norm is computed from the gradients (in float64, so that
+finite gradients never report an overflowed norm) without touching them, and clipping, when a fix asks for it, is
+the plain ``torch.nn.utils.clip_grad_norm_`` call a user would write.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from nanlab.data import minibatch_indices
+from nanlab.lr_range import RangeTestTracker
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Training:
+    """Everything one training run needs; a cause's recipe builds one per setting."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches: Iterator[Batch]
+    evaluate: Callable[[nn.Module], float]
+    max_grad_norm: float | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+@dataclass
+class History:
+    losses: list[float]
+    grad_norms: list[float]
+    first_nonfinite_step: int | None
+
+
+def on_device(device: str) -> contextlib.AbstractContextManager:
+    """PyTorch places tensors explicitly, so there is no device scope to enter."""
+    return contextlib.nullcontext()
+
+
+def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:
+    """Endless shuffled minibatches of ``(x, y)`` as tensors on ``device``."""
+    features, targets = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    for index in minibatch_indices(len(x), batch_size, seed):
+        index = torch.as_tensor(index, device=device)
+        yield features[index], targets[index]
+
+
+def accuracy(x: np.ndarray, y: np.ndarray, device: str) -> Callable[[nn.Module], float]:
+    """An ``evaluate`` function: the model's accuracy on held-out ``(x, y)``."""
+    features, labels = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> float:
+        return (model(features).argmax(dim=-1) == labels).float().mean().item()
+
+    return evaluate
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the gradients, accumulated in float64; the gradients are not modified."""
+    norms = [p.grad.detach().norm(dtype=torch.float64) for p in parameters if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros((), dtype=torch.float64)
+
+
+def train_step(training: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns the loss and the global gradient norm (before any clipping)."""
+    model, optimizer = training.model, training.optimizer
+    optimizer.zero_grad()
+    loss = training.loss_fn(model(x), y)
+    loss.backward()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    norm = gradient_norm(parameters)
+    if training.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
+    optimizer.step()
+    if training.scheduler is not None:
+        training.scheduler.step()
+    return loss, norm
+
+
+def train(training: Training, steps: int) -> History:
+    """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite.
+
+    One host synchronisation per step: the loss and the norm come back together.
+    """
+    training.model.train()
+    losses, grad_norms = [], []
+    for step in range(steps):
+        x, y = next(training.batches)
+        loss, norm = train_step(training, x, y)
+        loss_value, norm_value = torch.stack([loss.detach().double(), norm]).tolist()
+        losses.append(loss_value)
+        grad_norms.append(norm_value)
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            return History(losses, grad_norms, step)
+    training.model.eval()
+    return History(losses, grad_norms, None)
+
+
+def lr_range_test(training: Training, lr_min: float = 1e-4, lr_max: float = 100.0, steps: int = 60) -> float:
+    """Leslie Smith's LR range test: raise the learning rate exponentially, one step each, and watch the loss.
+
+    Returns a tenth of the rate at which the smoothed loss was lowest (the usual "minimum / 10" rule). The model
+    and the optimizer are restored afterwards; only ``training.batches`` is consumed.
+    """
+    model_state = copy.deepcopy(training.model.state_dict())
+    optimizer_state = copy.deepcopy(training.optimizer.state_dict())
+    tracker = RangeTestTracker(lr_min, lr_max, steps)
+    for lr in tracker.rates():
+        for group in training.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(training.batches)
+        if not tracker.record(train_step(training, x, y)[0].item()):
+            break
+    training.model.load_state_dict(model_state)
+    training.optimizer.load_state_dict(optimizer_state)
+    return tracker.suggestion()
