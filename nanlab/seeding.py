@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
-
 from nanlab.registry import check_framework
 
 
 def seed_everything(seed: int, framework: str | None = None) -> None:
     """Seed Python, NumPy and the framework (torch, or TensorFlow/Keras); ``None`` seeds only Python and NumPy."""
+    import numpy as np  # here, not at the top: `import nanlab` stays fast
+
     random.seed(seed)
     np.random.seed(seed)
     if framework is None:
