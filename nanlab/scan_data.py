@@ -1,0 +1,234 @@
+"""``nanlab.scan`` (this module is ``scan_data`` so that it does not shadow the function): find the data that makes training go non-finite.
+
+Works on NumPy arrays, torch and TensorFlow tensors (in memory) and on a torch ``DataLoader`` or a
+``tf.data.Dataset`` (streamed batch by batch, with a progress bar). Neither framework is imported here: tensors are
+recognised by their ``.numpy()`` / ``.detach()`` methods, and a stream by being iterable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nanlab.errors import NanlabError
+
+HUGE_TARGET_SCALE = 1e4  # regression targets past this make a squared error head for float32's 3e38
+UNNORMALISED_SCALE = 20.0  # |x| past this (e.g. 0-255 pixels) means the inputs were not standardised
+MAX_LISTED = 8
+
+
+@dataclass
+class ScanReport:
+    """What ``scan`` found. Indices count samples from 0 across the whole stream."""
+
+    num_samples: int = 0
+    num_features: int = 0
+    nonfinite_samples: list[int] = field(default_factory=list)
+    nonfinite_features: list[int] = field(default_factory=list)
+    bad_label_samples: list[int] = field(default_factory=list)
+    label_problems: list[str] = field(default_factory=list)
+    zero_rows: list[int] = field(default_factory=list)
+    x_min: float = np.inf
+    x_max: float = -np.inf
+    y_max_abs: float | None = None
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    @property
+    def unnormalised(self) -> bool:
+        return max(abs(self.x_min), abs(self.x_max)) > UNNORMALISED_SCALE
+
+    @property
+    def huge_targets(self) -> bool:
+        return self.y_max_abs is not None and self.y_max_abs > HUGE_TARGET_SCALE
+
+    def __str__(self) -> str:
+        head = f"scanned {self.num_samples} samples x {self.num_features} features"
+        if self.clean:
+            return f"{head}: nothing suspicious."
+        return f"{head}: " + "; ".join(self.findings) + "."
+
+
+def scan(x, y=None, num_classes: int | None = None, progress: bool = True) -> ScanReport:
+    """Scan inputs ``x`` (and targets ``y``) for what makes a loss go non-finite.
+
+    ``x`` is an array or tensor with samples along axis 0, or a torch DataLoader / ``tf.data.Dataset`` yielding
+    ``(x, y)`` batches (then ``y`` must be None). ``num_classes`` enables the out-of-range label check.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 1):
+        raise NanlabError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+    scanner = _Scanner(num_classes)
+    if _is_stream(x):
+        if y is not None:
+            raise NanlabError("scan(loader): pass y=None; the DataLoader or tf.data.Dataset yields (x, y) batches")
+        batches = _progress(x, progress)
+        for batch in batches:
+            bx, by = _split_batch(batch)
+            scanner.add(_array(bx, "x"), None if by is None else _array(by, "y"))
+    else:
+        ax = _array(x, "x")
+        ay = None if y is None else _array(y, "y")
+        if ay is not None and len(ay) != len(ax):
+            raise NanlabError(f"x and y must have the same number of samples, got {len(ax)} and {len(ay)}")
+        scanner.add(ax, ay)
+    return scanner.finish()
+
+
+def label_problem(y, num_classes: int | None) -> tuple[str, list[int]] | None:
+    """For class labels ``y``: a phrase naming what is wrong and the offending indices, or None when they are fine."""
+    labels = _array(y, "y")
+    if labels.ndim > 1:
+        if labels.shape[1:] != (1,) * (labels.ndim - 1):
+            return None  # one-hot or per-position targets: not class ids
+        labels = labels.reshape(-1)
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+        return None
+    bad = labels < 0
+    if num_classes is not None:
+        bad |= labels >= num_classes
+    if not bad.any():
+        return None
+    indices = np.flatnonzero(bad).tolist()
+    valid = f"0..{num_classes - 1}" if num_classes is not None else "non-negative ids"
+    values = ", ".join(f"{labels[i]:g}" for i in indices[:MAX_LISTED])
+    return f"labels outside {valid} (label {values} at sample {', '.join(map(str, indices[:MAX_LISTED]))})", indices
+
+
+class _Scanner:
+    """Accumulates findings batch by batch, so a stream never needs to fit in memory."""
+
+    def __init__(self, num_classes: int | None):
+        self.num_classes = num_classes
+        self.report = ScanReport()
+        self.bad_features: set[int] = set()
+        self.negative: list[int] = []
+        self.out_of_range: list[int] = []
+        self.fractional: list[int] = []
+        self.nonfinite_labels: list[int] = []
+        self.classification = num_classes is not None
+        self.y_is_integer = True
+
+    def add(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        report, offset = self.report, self.report.num_samples
+        if x.ndim == 0:
+            raise NanlabError("x must have a sample axis (shape (num_samples, ...)), got a scalar")
+        if y is not None and len(y) != len(x):
+            raise NanlabError(f"a batch has {len(x)} inputs but {len(y)} targets; they must match")
+        if not len(x):
+            return
+        flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
+        if report.num_features and flat.shape[1] != report.num_features:
+            raise NanlabError(f"every sample must have the same shape; got {flat.shape[1]} features after "
+                              f"{report.num_features}")
+        report.num_features = flat.shape[1]
+        finite = np.isfinite(flat)
+        report.nonfinite_samples += (offset + np.flatnonzero(~finite.all(axis=1))).tolist()
+        self.bad_features.update(np.flatnonzero(~finite.all(axis=0)).tolist())
+        report.zero_rows += (offset + np.flatnonzero((flat == 0).all(axis=1))).tolist()
+        if finite.any():
+            report.x_min = min(report.x_min, float(flat[finite].min()))
+            report.x_max = max(report.x_max, float(flat[finite].max()))
+        if y is not None:
+            self._add_targets(y.reshape(len(y), -1).astype(np.float64, copy=False), offset)
+        report.num_samples += len(x)
+
+    def _add_targets(self, y: np.ndarray, offset: int) -> None:
+        finite = np.isfinite(y)
+        self.nonfinite_labels += (offset + np.flatnonzero(~finite.all(axis=1))).tolist()
+        values = np.where(finite, y, 0.0)
+        integer = values == np.round(values)
+        self.y_is_integer &= bool(integer.all())
+        self.negative += (offset + np.flatnonzero((values < 0).any(axis=1))).tolist()
+        self.fractional += (offset + np.flatnonzero(~integer.all(axis=1))).tolist()
+        if self.num_classes is not None:
+            self.out_of_range += (offset + np.flatnonzero((values >= self.num_classes).any(axis=1))).tolist()
+        largest = float(np.abs(values).max()) if values.size else 0.0
+        self.report.y_max_abs = max(self.report.y_max_abs or 0.0, largest)
+
+    def finish(self) -> ScanReport:
+        report = self.report
+        report.nonfinite_features = sorted(self.bad_features)
+        findings = report.findings
+        if report.nonfinite_samples:
+            findings.append(f"non-finite inputs in {len(report.nonfinite_samples)} samples "
+                            f"({_listed(report.nonfinite_samples)}), features {_listed(report.nonfinite_features)}")
+        if self.nonfinite_labels:
+            findings.append(f"non-finite targets in samples {_listed(self.nonfinite_labels)}")
+        classification = self.classification or (self.y_is_integer and report.y_max_abs is not None)
+        if classification:
+            problems = [("negative labels", self.negative),
+                        (f"labels >= num_classes ({self.num_classes})", self.out_of_range),
+                        ("non-integer labels", self.fractional if self.classification else [])]
+            for text, indices in problems:
+                if indices:
+                    report.label_problems.append(text)
+                    findings.append(f"{text} in samples {_listed(indices)}")
+            report.bad_label_samples = sorted(set(self.negative) | set(self.out_of_range)
+                                              | set(self.fractional if self.classification else []))
+        elif report.huge_targets:
+            findings.append(f"huge target scale (max |y| = {report.y_max_abs:.3g}); standardise the targets")
+        if report.unnormalised:
+            findings.append(f"inputs far from normalised (values in [{report.x_min:g}, {report.x_max:g}]); "
+                            "standardise them")
+        if report.zero_rows:
+            findings.append(f"{len(report.zero_rows)} all-zero samples ({_listed(report.zero_rows)})")
+        return report
+
+
+def _listed(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MAX_LISTED])
+    return shown + (f" and {len(indices) - MAX_LISTED} more" if len(indices) > MAX_LISTED else "")
+
+
+def _is_stream(value) -> bool:
+    module = type(value).__module__
+    return (module.startswith("torch.utils.data") or (module.startswith("tensorflow") and hasattr(value, "element_spec")))
+
+
+def _progress(stream, enabled: bool):
+    from tqdm.auto import tqdm
+
+    total = len(stream) if hasattr(stream, "__len__") and not hasattr(stream, "element_spec") else None
+    if hasattr(stream, "element_spec"):
+        cardinality = int(stream.cardinality())
+        total = cardinality if cardinality >= 0 else None
+    return tqdm(stream, total=total, desc="nanlab.scan", unit="batch", disable=not enabled)
+
+
+def _split_batch(batch):
+    if isinstance(batch, dict):
+        raise NanlabError("scan streams need (x, y) or x batches, got a dict; map the dataset to (x, y) first")
+    if isinstance(batch, (tuple, list)):
+        if len(batch) not in (1, 2, 3):
+            raise NanlabError(f"scan streams need (x,) or (x, y) batches, got a tuple of {len(batch)}")
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):  # torch
+        return value.detach().cpu().numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # TensorFlow eager tensor
+        return value.numpy()
+    return value
+
+
+def _array(value, name: str) -> np.ndarray:
+    """``value`` as a numeric NumPy array with a sample axis, or a one-line NanlabError saying what is valid."""
+    value = _to_numpy(value)
+    if isinstance(value, (list, tuple)):
+        lengths = {np.shape(item) for item in value}
+        if len(lengths) > 1:
+            raise NanlabError(f"{name} is ragged (samples of shapes {sorted(lengths)[:3]}); pad it or pass an array")
+    array = np.asarray(value)
+    if array.dtype.kind == "b":
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iuf":
+        raise NanlabError(f"{name} must be numeric (int or float), got dtype {array.dtype}")
+    if array.ndim == 0:
+        raise NanlabError(f"{name} must have a sample axis (shape (num_samples, ...)), got a scalar")
+    return array

@@ -1,0 +1,95 @@
+"""nanlab.scan: what it finds in arrays, tensors and streams, and the clear errors it gives on malformed input."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nanlab
+from nanlab.errors import NanlabError
+
+
+def clean_data(n=40, features=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, features)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def test_import_nanlab_imports_no_framework():
+    code = "import sys, nanlab; nanlab.watch; nanlab.scan; print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_clean_data_has_no_findings():
+    x, y = clean_data()
+    report = nanlab.scan(x, y, num_classes=3)
+    assert report.clean and "nothing suspicious" in str(report)
+    assert (report.num_samples, report.num_features) == (40, 6)
+
+
+def test_finds_non_finite_samples_and_features():
+    x, y = clean_data()
+    x[3, 1], x[17, 4], x[17, 1] = np.nan, np.inf, -np.inf
+    report = nanlab.scan(x, y)
+    assert report.nonfinite_samples == [3, 17] and report.nonfinite_features == [1, 4]
+    assert "non-finite inputs in 2 samples" in str(report)
+
+
+def test_finds_labels_out_of_range_negative_and_non_integer():
+    x, y = clean_data()
+    y = y.astype(np.float64)
+    y[5], y[9], y[30] = 8000, -1, 1.5
+    report = nanlab.scan(x, y, num_classes=3)
+    assert report.bad_label_samples == [5, 9, 30]
+    assert {"negative labels", "labels >= num_classes (3)", "non-integer labels"} == set(report.label_problems)
+
+
+def test_finds_unnormalised_pixels_zero_rows_and_huge_targets():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(20, 8, 8)).astype(np.float32)
+    pixels[[4, 11]] = 0.0
+    report = nanlab.scan(pixels)
+    assert report.unnormalised and report.zero_rows == [4, 11]
+    regression = nanlab.scan(rng.normal(size=(20, 3)), rng.normal(size=20) * 1e10)
+    assert regression.huge_targets and "huge target scale" in str(regression)
+    assert not nanlab.scan(rng.normal(size=(20, 3)), rng.normal(size=20)).huge_targets
+
+
+def test_torch_tensors_and_dataloader_stream_with_global_indices():
+    torch = pytest.importorskip("torch")
+    x, y = clean_data()
+    x[33, 0] = np.nan
+    y[21] = 7
+    tensors = nanlab.scan(torch.as_tensor(x), torch.as_tensor(y), num_classes=3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y)),
+                                         batch_size=8)
+    streamed = nanlab.scan(loader, num_classes=3, progress=False)
+    for report in (tensors, streamed):
+        assert report.nonfinite_samples == [33] and report.bad_label_samples == [21]
+
+
+def test_tf_tensors_and_dataset_stream():
+    tf = pytest.importorskip("tensorflow")
+    x, y = clean_data()
+    x[2, 5] = np.inf
+    y[39] = -2
+    tensors = nanlab.scan(tf.constant(x), tf.constant(y))
+    streamed = nanlab.scan(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), progress=False)
+    for report in (tensors, streamed):
+        assert report.nonfinite_samples == [2] and report.bad_label_samples == [39]
+
+
+@pytest.mark.parametrize("x, y, message", [
+    ([[1.0, 2.0], [3.0]], None, "ragged"),
+    (np.array(["a", "b"]), None, "numeric"),
+    (np.zeros((4, 2)), np.zeros(3), "same number of samples"),
+    (np.float32(1.0), None, "sample axis"),
+])
+def test_malformed_input_gets_one_clear_error(x, y, message):
+    with pytest.raises(NanlabError, match=message):
+        nanlab.scan(x, y)
+
+
+def test_bad_num_classes_is_rejected():
+    with pytest.raises(NanlabError, match="num_classes"):
+        nanlab.scan(np.zeros((2, 2)), np.zeros(2), num_classes=0)

@@ -1,0 +1,157 @@
+"""The Keras watch: model.fit and GradientTape loops, catalogue causes, models outside the catalogue, and training
+unchanged by watching."""
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+import nanlab  # noqa: E402
+from nanlab import keras_loop  # noqa: E402
+from nanlab.keras_loop import keras, tf  # noqa: E402
+from nanlab.seeding import seed_everything  # noqa: E402
+
+BATCH = 16
+
+
+@pytest.mark.parametrize("cause", [c for c in nanlab.list_causes() if "tensorflow" in c.frameworks],
+                         ids=lambda c: c.id)
+def test_names_the_cause_of_every_catalogue_broken_run(cause):
+    plain = nanlab.reproduce(cause, "tensorflow", device="cpu", seed=0)
+    seed_everything(0, "tensorflow")
+    training = cause.recipe("tensorflow").SETTINGS["broken"](seed=0, device="cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            keras_loop.train(training, cause.steps)
+    report = raised.value.report
+    assert report.cause == cause.id, str(report)
+    assert report.cause_notebook == cause.notebooks["tensorflow"]
+    if plain.first_nonfinite_step is not None:
+        assert report.step == plain.first_nonfinite_step
+
+
+def mlp(seed, hidden=32):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(hidden, activation="relu"),
+                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(4)])
+
+
+def blobs(seed=0):
+    data = nanlab.causes.high_learning_rate.make_data(seed)
+    return data.x_train[:512], data.y_train[:512]
+
+
+def fit(model, lr, callbacks, steps=12, jit_compile=False):
+    x, y = blobs()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), jit_compile=jit_compile,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model.fit(x[:steps * 32], y[:steps * 32], batch_size=32, epochs=1, shuffle=False, verbose=0,
+                     callbacks=callbacks)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf.function", "xla"])
+def test_fit_localises_a_high_learning_rate_and_restores_the_weights(jit_compile):
+    model = mlp(0)
+    watch = nanlab.watch(model)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        fit(model, 20.0, [watch], jit_compile=jit_compile)
+    report = raised.value.report
+    assert report.framework == "tensorflow" and report.step == len(watch.losses) > 2
+    assert report.phase in ("forward", "loss") and report.cause == "high-learning-rate"
+    assert all(np.isfinite(w).all() for w in model.get_weights())  # the weights from before the bad step
+    assert "train_step" not in model.__dict__  # fit without the watch is untouched afterwards
+
+
+def test_fit_is_bit_identical_with_and_without_the_callback():
+    plain = fit(mlp(1), 0.05, [])
+    watch = nanlab.watch(mlp(1))
+    watched = fit(watch.watched, 0.05, [watch])
+    assert watched.history["loss"] == plain.history["loss"]
+    assert len(watch.losses) == 12 and all(math.isfinite(norm) for norm in watch.update_norms)
+
+
+class ExpActivation(keras.layers.Layer):
+    def call(self, x):
+        return tf.exp(x) - 1.0
+
+
+def test_gradient_tape_loop_localises_exp_overflow_in_a_custom_layer():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, kernel_initializer=keras.initializers.
+                                                                    RandomNormal(stddev=40.0)),
+                              ExpActivation(name="exp_act"), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.1)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x = tf.random.normal((BATCH, 4), seed=1)
+    y = tf.zeros(BATCH, tf.int64)
+
+    @tf.function  # the step is compiled; the watch replays it eagerly
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(model, optimizer, loss_fn) as watch:
+            for _ in range(3):
+                with watch.step(x, y):
+                    train_step(x, y)
+    report = raised.value.report
+    assert (report.step, report.phase, report.module, report.op, report.value) == (0, "forward", "exp_act", "exp",
+                                                                                   "inf")
+    assert report.samples and report.parameter is not None
+
+
+class MaskedAttention(keras.layers.Layer):
+    """Self-attention whose mask can hide every key from a query: softmax over all -inf is NaN."""
+
+    def build(self, input_shape):
+        self.qkv = keras.layers.Dense(3 * input_shape[-1])
+
+    def call(self, x, mask):
+        q, k, v = tf.split(self.qkv(x), 3, axis=-1)
+        scores = tf.where(mask, tf.matmul(q, k, transpose_b=True), -np.inf)
+        return tf.matmul(tf.nn.softmax(scores, axis=-1), v)
+
+
+def test_gradient_tape_loop_localises_a_fully_masked_attention_row():
+    keras.utils.set_random_seed(0)
+    x_in, mask_in = keras.Input((5, 8)), keras.Input((5, 5), dtype="bool")
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(MaskedAttention(name="attn")(x_in, mask_in)))
+    model = keras.Model([x_in, mask_in], out)
+    optimizer = keras.optimizers.SGD(0.1)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x = tf.random.normal((BATCH, 5, 8), seed=2)
+    mask = np.ones((BATCH, 5, 5), bool)
+    mask[9, 2] = False
+    inputs, y = [x, tf.constant(mask)], tf.zeros(BATCH, tf.int64)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(model, optimizer, loss_fn) as watch:
+            with watch.step(inputs, y):
+                with tf.GradientTape() as tape:
+                    loss = watch.loss_fn(y, model(inputs, training=True))
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    report = raised.value.report
+    assert (report.phase, report.module, report.op) == ("forward", "attn", "softmax")
+    assert report.samples == [9]
+    assert report.cause is None and report.cause_reason.startswith("unclear")
+
+
+@pytest.mark.parametrize("setting", ["broken", "lower-lr"])
+def test_keras_loop_is_bit_identical_with_and_without_the_watch(setting):
+    recipe = nanlab.get_cause("high-learning-rate").recipe("tensorflow")
+    seed_everything(0, "tensorflow")
+    plain = keras_loop.train(recipe.SETTINGS[setting](seed=0, device="cpu"), 15)
+    seed_everything(0, "tensorflow")
+    training = recipe.SETTINGS[setting](seed=0, device="cpu")
+    if plain.first_nonfinite_step is None:
+        with nanlab.watch(training):
+            watched = keras_loop.train(training, 15)
+        assert watched.losses == plain.losses and watched.grad_norms == plain.grad_norms
+    else:
+        watch = nanlab.watch(training)
+        with pytest.raises(nanlab.NonFiniteError):
+            with watch:
+                keras_loop.train(training, 15)
+        assert watch.losses == pytest.approx(plain.losses[:plain.first_nonfinite_step], rel=1e-6)

@@ -1,0 +1,220 @@
+"""nanlab.watch for PyTorch: it names every catalogue cause, localises models outside the catalogue, costs nothing
+per layer while training is healthy, and does not change training."""
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import nanlab  # noqa: E402
+from nanlab import torch_loop  # noqa: E402
+from nanlab.report import PHASES  # noqa: E402
+from nanlab.seeding import seed_everything  # noqa: E402
+
+BATCH = 16
+
+
+def broken_training(cause, seed=0):
+    seed_everything(seed, "torch")
+    return cause.recipe("torch").SETTINGS["broken"](seed=seed, device="cpu")
+
+
+@pytest.mark.parametrize("cause", [c for c in nanlab.list_causes() if "torch" in c.frameworks], ids=lambda c: c.id)
+def test_names_the_cause_of_every_catalogue_broken_run(cause):
+    plain = nanlab.reproduce(cause, "torch", device="cpu", seed=0)
+    training = broken_training(cause)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            torch_loop.train(training, cause.steps)
+    report = raised.value.report
+    assert report.cause == cause.id, str(report)
+    assert report.cause_notebook == cause.notebooks["torch"]
+    if plain.first_nonfinite_step is not None:
+        assert report.step == plain.first_nonfinite_step
+    assert report.phase in PHASES
+    assert str(report).startswith(f"Step {report.step}:")
+
+
+def run_own_loop(model, x, y, loss_fn, lr=0.1, steps=3, optimizer=None):
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=lr)
+    with nanlab.watch(model, optimizer, loss_fn) as watch:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = watch.loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    return watch
+
+
+class LogHead(nn.Module):
+    """softmax then log: the textbook way to get log(0) once a logit runs away."""
+
+    def forward(self, logits):
+        return torch.log(torch.softmax(logits, dim=-1))
+
+
+def test_localises_log_of_zero_in_the_head_and_the_samples_that_carry_it():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("body", nn.Linear(4, 3))
+    model.add_module("head", LogHead())
+    x = torch.randn(BATCH, 4)
+    x[5] *= 1e4  # one sample saturates the softmax: a probability underflows to exactly 0
+    y = torch.zeros(BATCH, dtype=torch.long)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        run_own_loop(model, x, y, F.nll_loss)
+    report = raised.value.report
+    assert (report.step, report.phase, report.module, report.op) == (0, "forward", "head", "log")
+    assert report.samples == [5]
+    assert report.parameter == "body.bias"
+    assert report.cause == "log-of-zero"
+    assert "head" in str(report) and "log" in str(report)
+
+
+class MaskedAttention(nn.Module):
+    """Single-head self-attention whose mask can hide every key from a query: softmax over all -inf is NaN."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+
+
+class AttentionModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = MaskedAttention(8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x, mask):
+        return self.out(self.attn(x, mask).mean(dim=1))
+
+
+def test_localises_a_fully_masked_attention_row_outside_the_catalogue():
+    torch.manual_seed(0)
+    model = AttentionModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(BATCH, 5, 8)
+    mask = torch.ones(BATCH, 5, 5, dtype=torch.bool)
+    mask[9, 2] = False  # sample 9, query 2 may attend to nothing
+    y = torch.randint(0, 2, (BATCH,))
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(model, optimizer, F.cross_entropy) as watch:
+            optimizer.zero_grad()
+            watch.loss_fn(model(x, mask), y).backward()
+            optimizer.step()
+    report = raised.value.report
+    assert (report.phase, report.module, report.op) == ("forward", "attn", "softmax")
+    assert report.samples == [9]
+    assert report.cause is None and report.cause_reason.startswith("unclear")
+
+
+class ExpActivation(nn.Module):
+    def forward(self, x):
+        return torch.exp(x) - 1
+
+
+def test_localises_exp_overflow_in_a_custom_activation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), ExpActivation(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(40.0)  # pre-activations of order 100: exp(100) overflows float32
+    x, y = torch.randn(BATCH, 4), torch.randint(0, 2, (BATCH,))
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        run_own_loop(model, x, y, F.cross_entropy)
+    report = raised.value.report
+    assert (report.phase, report.module, report.op, report.value) == ("forward", "1", "exp", "inf")
+    assert report.parameter == "2.bias"
+
+
+class SafeNorm(nn.Module):
+    """sqrt of a sum of squares: finite forward at 0, but d sqrt(u)/du = 1/(2 sqrt(u)) is infinite there."""
+
+    def forward(self, x):
+        return torch.sqrt((x ** 2).sum(dim=-1, keepdim=True))
+
+
+def test_localises_a_backward_only_overflow():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), SafeNorm())
+    x = torch.randn(BATCH, 4)
+    x[3] = 0.0
+    with torch.no_grad():
+        model[0].bias.zero_()
+    y = torch.ones(BATCH, 1)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        run_own_loop(model, x, y, F.mse_loss)
+    report = raised.value.report
+    assert (report.phase, report.module, report.op) == ("backward", "1", "sqrt")
+    assert report.parameter == "0.bias"
+    assert report.samples == [3]
+
+
+def test_reports_an_update_that_overflows_finite_gradients():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    x, y = torch.randn(BATCH, 4), 1e3 * torch.randn(BATCH, 1)  # gradients of order 1e3: finite
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        run_own_loop(model, x, y, F.mse_loss, lr=1e37)  # the step lr * grad ~ 1e40 overflows float32
+    report = raised.value.report
+    assert (report.step, report.phase) == (0, "optimizer update")
+    assert report.parameter in ("weight", "bias")
+    assert report.losses and math.isfinite(report.losses[0])
+
+
+def test_non_finite_inputs_are_a_data_problem_with_their_samples():
+    model = nn.Linear(4, 2)
+    x, y = torch.randn(BATCH, 4), torch.randint(0, 2, (BATCH,))
+    x[2, 1], x[11, 0] = float("nan"), float("inf")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        run_own_loop(model, x, y, F.cross_entropy)
+    report = raised.value.report
+    assert (report.phase, report.samples) == ("data", [2, 11])
+
+
+def test_healthy_training_adds_no_per_layer_hooks_and_leaves_none_behind():
+    cause = nanlab.get_cause("high-learning-rate")
+    seed_everything(0, "torch")
+    training = cause.recipe("torch").SETTINGS["lower-lr"](seed=0, device="cpu")
+    loss_fn = training.loss_fn
+    seen = []
+    with nanlab.watch(training) as watch:
+        training.batches = iter([next(training.batches) for _ in range(3)])
+        original = training.model[0].forward
+        training.model[0].forward = lambda x: (seen.append(dict(training.model[0]._forward_hooks)), original(x))[1]
+        torch_loop.train(training, 3)
+    assert seen == [{}, {}, {}]
+    assert watch.step == 3 and len(watch.grad_norms) == 3
+    assert training.loss_fn is loss_fn and not training.model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("setting", ["broken", "lower-lr"])
+def test_training_is_bit_identical_with_and_without_the_watch(setting):
+    cause = nanlab.get_cause("high-learning-rate")
+    recipe = cause.recipe("torch")
+    seed_everything(0, "torch")
+    plain = torch_loop.train(recipe.SETTINGS[setting](seed=0, device="cpu"), 20)
+    seed_everything(0, "torch")
+    training = recipe.SETTINGS[setting](seed=0, device="cpu")
+    watch = nanlab.watch(training)
+    if plain.first_nonfinite_step is None:
+        with watch:
+            watched = torch_loop.train(training, 20)
+        assert watched.losses == plain.losses and watched.grad_norms == plain.grad_norms
+        assert watch.losses == plain.losses
+    else:
+        with pytest.raises(nanlab.NonFiniteError):
+            with watch:
+                torch_loop.train(training, 20)
+        assert watch.losses == plain.losses[:plain.first_nonfinite_step]
+
+
+def test_watch_rejects_what_it_cannot_watch():
+    with pytest.raises(nanlab.NanlabError, match="torch.nn.Module"):
+        nanlab.watch(object())
