@@ -73,8 +73,10 @@ class NonFiniteReport:
                 first += f", and `{self.parameter}` was the first parameter whose gradient went non-finite"
         if self.samples and self.phase != "data" and len(self.samples) == self.batch_size:
             first += "; every sample in the batch carries it"
+        elif len(self.samples) == 1 and self.phase != "data":
+            first += f"; sample {self.samples[0]} of the batch carries it"
         elif self.samples and self.phase != "data":
-            first += f"; samples {_list(self.samples)} carry it"
+            first += f"; samples {_list(self.samples)} of the batch carry it"
         elif self.samples:
             first += f" (samples {_list(self.samples)})"
         if self.cause:
@@ -133,8 +135,10 @@ def name_cause(report: NonFiniteReport) -> tuple[str | None, str]:
     if exploding:
         return "high-learning-rate", (f"the {report.norm_name} grew {growth:.3g}x over the {len(report.grad_norms)} "
                                       "steps before the NaN: each update overshoots")
-    history = "too few steps of history" if growth is None else f"the {report.norm_name} grew only {growth:.3g}x"
-    return None, f"unclear: {report.phase} went non-finite at {report.where()} and {history}"
+    history = ("there are too few steps of history to see a trend" if growth is None
+               else f"the {report.norm_name} grew only {growth:.3g}x, so nothing was exploding")
+    return None, (f"unclear: no catalogue rule fits a non-finite {report.phase} at {report.where()}, and "
+                  f"{history}")
 
 
 def conclude(report: NonFiniteReport) -> NonFiniteReport:
