@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -18,14 +18,19 @@ class Dataset:
 
 
 def make_blobs(seed: int, num_classes: int, num_features: int, num_samples: int,
-               spread: float = 1.0, eval_fraction: float = 0.25) -> Dataset:
+               spread: float = 1.0, eval_fraction: float = 0.25,
+               class_frequencies: Sequence[float] | None = None) -> Dataset:
     """Gaussian class clusters with standardised features: an easy, honest classification task.
 
     ``spread`` scales the distance between class centres relative to the unit noise; smaller is harder.
+    ``class_frequencies`` (summing to 1) makes the classes imbalanced; by default they are equally likely.
     """
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, spread, size=(num_classes, num_features))
-    labels = rng.integers(0, num_classes, size=num_samples)
+    if class_frequencies is None:
+        labels = rng.integers(0, num_classes, size=num_samples)
+    else:
+        labels = rng.choice(num_classes, size=num_samples, p=class_frequencies)
     features = centres[labels] + rng.normal(0.0, 1.0, size=(num_samples, num_features))
     features = (features - features.mean(axis=0)) / features.std(axis=0)
     num_eval = int(num_samples * eval_fraction)

@@ -21,11 +21,21 @@ DEFAULT_SEEDS = tuple(range(10))
 
 @dataclass(frozen=True)
 class Fix:
-    """One way out of a cause. ``hides_problem`` marks the popular wrong fix: finite, but it stops learning."""
+    """One way out of a cause, or a popular wrong one.
+
+    ``hides_problem`` marks a wrong fix. By default it stays finite but stops learning; with ``still_nonfinite``
+    it only looks like a fix (the loss prints finite while the gradient is NaN, or the NaN merely comes later) and
+    the run still goes non-finite within the budget.
+    """
 
     id: str
     title: str
     hides_problem: bool = False
+    still_nonfinite: bool = False
+
+    def __post_init__(self):
+        if self.still_nonfinite and not self.hides_problem:
+            raise ValueError(f"fix {self.id!r}: still_nonfinite marks a wrong fix, so it needs hides_problem=True")
 
 
 @dataclass(frozen=True)

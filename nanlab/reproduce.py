@@ -3,7 +3,8 @@
 The contract, per cause × framework × seed × device:
 - the broken setting goes non-finite within the cause's step budget, or the device raises the documented error;
 - every fix stays finite and learns (``Cause.judge_learning``);
-- a fix marked ``hides_problem`` stays finite but does not learn: it hides the NaN instead of curing it.
+- a fix marked ``hides_problem`` stays finite but does not learn: it hides the NaN instead of curing it;
+  one also marked ``still_nonfinite`` goes non-finite all the same (it only looks like a fix).
 """
 from __future__ import annotations
 
@@ -96,7 +97,10 @@ def check_contract(cause: str | Cause, framework: str, seed: int, device: str = 
         problems.append(f"broken setting stayed finite for {broken.steps} steps")
     for fix in cause.fixes:
         run = fixes[fix.id]
-        if not run.finite:
+        if fix.still_nonfinite:
+            if run.finite:
+                problems.append(f"wrong fix {fix.id!r} should still go non-finite but stayed finite: {run.summary()}")
+        elif not run.finite:
             problems.append(f"fix {fix.id!r} was not finite: {run.summary()}")
         elif fix.hides_problem and run.learned:
             problems.append(f"fix {fix.id!r} hides the problem yet learned: {run.summary()}")
