@@ -63,12 +63,13 @@ class NonFiniteReport:
     def __str__(self) -> str:
         value = f" ({self.value})" if self.value else ""
         if self.phase == "data":
-            first = f"Step {self.step}: the batch itself is bad{value}: {'; '.join(self.data_findings) or 'see samples'}"
+            first = f"Step {self.step}: the batch itself is bad{value}: {'; '.join(self.data_findings)}"
         elif self.phase == "optimizer update":
             first = (f"Step {self.step}: loss and gradients were finite but the optimizer update made "
                      f"`{self.parameter}` non-finite")
         else:
-            first = f"Step {self.step}: the {self.phase} pass went non-finite{value} at {self.where()}"
+            what = "the loss" if self.phase == "loss" else f"the {self.phase} pass"
+            first = f"Step {self.step}: {what} went non-finite{value} at {self.where()}"
             if self.parameter:
                 first += f", and `{self.parameter}` was the first parameter whose gradient went non-finite"
         if self.samples and self.phase != "data" and len(self.samples) == self.batch_size:
@@ -77,8 +78,6 @@ class NonFiniteReport:
             first += f"; sample {self.samples[0]} of the batch carries it"
         elif self.samples and self.phase != "data":
             first += f"; samples {_list(self.samples)} of the batch carry it"
-        elif self.samples:
-            first += f" (samples {_list(self.samples)})"
         if self.cause:
             notebook = f" (see {self.cause_notebook})" if self.cause_notebook else ""
             second = f"Likely cause: {self.cause}{notebook}, because {self.cause_reason}."
@@ -127,11 +126,11 @@ def name_cause(report: NonFiniteReport) -> tuple[str | None, str]:
             return None, f"unclear: `{report.op}` got negative inputs, which is not a log of zero"
     if op in DIVISION_OPS and report.phase in ("forward", "loss", "backward") and zero_input:
         return "division-by-zero", f"`{report.op}` divided by (or took the root of) an exact 0"
-    if exploding and report.recurrent:
+    if report.recurrent:
+        trend = f"; the {report.norm_name} grew {growth:.3g}x before it" if exploding else ""
         return ("exploding-rnn-gradients",
-                f"the {report.norm_name} grew {growth:.3g}x over {len(report.grad_norms)} steps in a recurrent layer")
-    if report.recurrent and report.phase == "backward":
-        return "exploding-rnn-gradients", "the backward pass overflowed inside a recurrent layer"
+                f"it overflowed inside a recurrent layer, which multiplies the hidden state (forward) and its "
+                f"gradient (backward) by the recurrent weights once per time step{trend}")
     if exploding:
         return "high-learning-rate", (f"the {report.norm_name} grew {growth:.3g}x over the {len(report.grad_norms)} "
                                       "steps before the NaN: each update overshoots")

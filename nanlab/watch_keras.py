@@ -62,10 +62,13 @@ class KerasWatch(keras.callbacks.Callback):
         return list(self.watched.variables) + (list(optimizer.variables) if optimizer is not None else [])
 
     def _make_shadows(self) -> None:
-        if not self.watched.built:
-            raise NanlabError("nanlab.watch needs a built model: call it once on a batch, or give keras.Input")
+        if not self.watched.variables:
+            raise NanlabError("nanlab.watch needs a model with its weights: call it once on a batch, or give "
+                              "keras.Input")
         variables = self._variables()
         self._shadows = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
+        trainable = {id(v) for v in self.watched.trainable_variables}
+        self._trainable_pairs = [(v, s) for v, s in zip(variables, self._shadows) if id(v) in trainable]
         self._status = tf.Variable(tf.zeros(2, tf.float64), trainable=False)
         self._snapshot_fn = tf.function(self._snapshot)
         self._status_fn = tf.function(self._update_status)
@@ -77,7 +80,7 @@ class KerasWatch(keras.callbacks.Callback):
     def _update_status(self, loss) -> None:
         """[loss, norm of (weights - weights before the step)], in float64: both finite exactly when all is well."""
         squares = [tf.reduce_sum(tf.square(tf.cast(v.value - s, tf.float64)))
-                   for v, s in zip(self.watched.trainable_variables, self._shadows)]
+                   for v, s in self._trainable_pairs]
         norm = tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0, tf.float64)
         self._status.assign(tf.stack([tf.cast(tf.reduce_sum(loss), tf.float64), norm]))
 
@@ -187,6 +190,15 @@ class KerasWatch(keras.callbacks.Callback):
                                grad_norms=list(self.update_norms), norm_name="update norm")
 
     def _replay(self) -> NonFiniteReport:
+        """Replay the failing step eagerly (every ``tf.function`` too), from the variables saved before it."""
+        eager = tf.config.functions_run_eagerly()
+        tf.config.run_functions_eagerly(True)
+        try:
+            return self._replay_eagerly()
+        finally:
+            tf.config.run_functions_eagerly(eager)
+
+    def _replay_eagerly(self) -> NonFiniteReport:
         report = self._report("optimizer update")
         variables = self._variables()
         updated_bad = [v.path for v in self.watched.trainable_variables
