@@ -46,6 +46,7 @@ class NonFiniteReport:
     data_findings: list[str] = field(default_factory=list)
     label_problem: str | None = None
     huge_targets: bool = False
+    symmetric_labels: bool = False
     recurrent: bool = False
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
@@ -111,6 +112,9 @@ def name_cause(report: NonFiniteReport) -> tuple[str | None, str]:
     op = (report.op or "").lower()
     growth = gradient_growth(report.grad_norms)
     exploding = growth is not None and growth >= GROWTH_FACTOR
+    if report.symmetric_labels:
+        return "symmetric-labels", ("the targets are -1/+1, but the loss expects 0/1 (a log loss then rewards "
+                                    "driving a probability to 0, and log(0) = -inf)")
     if report.label_problem:
         return "huge-labels", f"the batch has {report.label_problem}"
     if report.huge_targets and report.phase in ("loss", "backward", "forward", "optimizer update"):

@@ -98,6 +98,12 @@ def label_problem(y, num_classes: int | None) -> tuple[str, list[int]] | None:
     return f"labels outside {valid} (label {values} at sample {', '.join(map(str, indices[:MAX_LISTED]))})", indices
 
 
+def symmetric_labels(y) -> bool:
+    """True when the targets are a -1/+1 encoding (values in {-1, 0, 1}, with some -1): what log losses cannot take."""
+    values = np.unique(_array(y, "y"))
+    return bool(values.size) and set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values
+
+
 class _Scanner:
     """Accumulates findings batch by batch, so a stream never needs to fit in memory."""
 

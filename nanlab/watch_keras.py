@@ -24,7 +24,7 @@ from tensorflow.python.framework import op_callbacks
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.keras_loop import keras, tf
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem
+from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem, symmetric_labels
 
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
 FILL_OPS = {"SelectV2", "Select", "Fill", "TensorScatterUpdate"}
@@ -179,6 +179,7 @@ class KerasWatch(keras.callbacks.Callback):
                 raise
             report = self._report("data")
             report.samples, report.label_problem, report.data_findings = problem[1], problem[0], [problem[0]]
+            report.symmetric_labels = symmetric_labels(y_true)
             report.note = "The device raised instead of producing NaN."
             raise NonFiniteError(conclude(report)) from error
         self._loss = loss
@@ -210,6 +211,8 @@ class KerasWatch(keras.callbacks.Callback):
         report.batch_size = batch
         bad_rows = _nonfinite_rows(tf.nest.flatten(x) + ([y] if y is not None and y.dtype.is_floating else []),
                                    batch)
+        if y is not None:
+            report.symmetric_labels = symmetric_labels(y)
         if y is not None and y.dtype.is_floating:
             report.huge_targets = float(tf.reduce_max(tf.abs(tf.cast(y, tf.float64)))) > HUGE_TARGET_SCALE
         if bad_rows:

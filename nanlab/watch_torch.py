@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem
+from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem, symmetric_labels
 
 LOSS_PATH = "loss"
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
@@ -86,6 +86,7 @@ class Watch:
             if problem is None:
                 raise
             report = NonFiniteReport("torch", self.step, "data", module=LOSS_PATH,
+                                     symmetric_labels=symmetric_labels(target.detach().cpu()),
                                      op=getattr(self._user_loss, "__name__", None), samples=problem[1],
                                      label_problem=problem[0], data_findings=[problem[0]],
                                      losses=list(self.losses), grad_norms=list(self.grad_norms),
@@ -142,6 +143,8 @@ class Watch:
         bad_rows = _nonfinite_rows([t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)],
                                    batch)
         target = self._target
+        if target is not None:
+            report.symmetric_labels = symmetric_labels(target.detach().cpu())
         if target is not None and torch.is_floating_point(target):
             bad_rows = sorted(set(bad_rows) | set(_nonfinite_rows([target], batch)))
             report.huge_targets = bool(target.detach().abs().max().item() > HUGE_TARGET_SCALE)
