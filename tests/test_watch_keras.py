@@ -26,6 +26,7 @@ def test_names_the_cause_of_every_catalogue_broken_run(cause):
     report = raised.value.report
     assert report.cause == cause.id, str(report)
     assert report.cause_notebook == cause.notebooks["tensorflow"]
+    assert report.phase == "data" or (report.module and report.op), "localised to a module and op"
     if plain.first_nonfinite_step is not None:
         assert report.step == plain.first_nonfinite_step
 
@@ -155,3 +156,15 @@ def test_keras_loop_is_bit_identical_with_and_without_the_watch(setting):
             with watch:
                 keras_loop.train(training, 15)
         assert watch.losses == pytest.approx(plain.losses[:plain.first_nonfinite_step], rel=1e-6)
+
+
+def test_names_huge_labels_on_its_regression_cousin():
+    cause = nanlab.get_cause("huge-labels")
+    seed_everything(0, "tensorflow")
+    training = cause.recipe("tensorflow").REGRESSION_SETTINGS["broken"](seed=0, device="cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            keras_loop.train(training, 100)
+    report = raised.value.report
+    assert (report.phase, report.module, report.huge_targets) == ("loss", "loss", True)
+    assert report.cause == "huge-labels"

@@ -31,6 +31,7 @@ def test_names_the_cause_of_every_catalogue_broken_run(cause):
     report = raised.value.report
     assert report.cause == cause.id, str(report)
     assert report.cause_notebook == cause.notebooks["torch"]
+    assert report.phase == "data" or (report.module and report.op), "localised to a module and op"
     if plain.first_nonfinite_step is not None:
         assert report.step == plain.first_nonfinite_step
     assert report.phase in PHASES
@@ -218,3 +219,15 @@ def test_training_is_bit_identical_with_and_without_the_watch(setting):
 def test_watch_rejects_what_it_cannot_watch():
     with pytest.raises(nanlab.NanlabError, match="torch.nn.Module"):
         nanlab.watch(object())
+
+
+def test_names_huge_labels_on_its_regression_cousin():
+    cause = nanlab.get_cause("huge-labels")
+    seed_everything(0, "torch")
+    training = cause.recipe("torch").REGRESSION_SETTINGS["broken"](seed=0, device="cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            torch_loop.train(training, 100)
+    report = raised.value.report
+    assert (report.phase, report.module, report.huge_targets) == ("loss", "loss", True)
+    assert report.cause == "huge-labels"
