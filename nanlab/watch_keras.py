@@ -100,6 +100,7 @@ class KerasWatch(keras.callbacks.Callback):
         if model is not self.watched:
             raise NanlabError("this watch was made for another model; use nanlab.watch(model) with fit's model")
         self._make_shadows()
+        self._batch_vars = None  # sized afresh by this fit's first batch
         self._original_train_step = model.train_step
         model.train_step = self._watched_train_step
         model.train_function = None  # rebuilt by fit around the watched step
@@ -107,14 +108,15 @@ class KerasWatch(keras.callbacks.Callback):
     def _watched_train_step(self, data):
         flat = tf.nest.flatten(data)
         if self._batch_vars is None:  # first trace only: tf.function allows variables created on the first call
-            # Fixed-shape buffers sized by the first (full) batch, filled row by row, because XLA cannot assign a
-            # variable a new shape; ``_batch_rows`` says how many rows the current batch filled.
             self._batch_structure = data
-            self._batch_vars = [tf.Variable(tf.zeros(t.shape, t.dtype), trainable=False) for t in flat]
+            self._batch_vars = [_batch_buffer(t) for t in flat]
             self._batch_rows = tf.Variable(0, dtype=tf.int32, trainable=False)
         rows = tf.shape(flat[0])[0]
         for variable, tensor in zip(self._batch_vars, flat):
-            variable[:rows].assign(tensor)
+            if variable.shape.is_fully_defined():
+                variable[:rows].assign(tensor)
+            else:
+                variable.assign(tensor)
         self._batch_rows.assign(rows)
         self._snapshot()
         logs = self._original_train_step(data)
@@ -307,6 +309,18 @@ def _turned_bad(outputs, inputs) -> bool:
     if any(has_nan(t) for t in outputs):
         return not any(has_nan(t) for t in inputs)
     return all(bool(tf.reduce_all(tf.math.is_finite(t))) for t in inputs)
+
+
+def _batch_buffer(tensor) -> tf.Variable:
+    """A variable to keep a copy of one batch tensor in.
+
+    With a static shape (XLA compiles one), a fixed buffer sized by that first batch and filled row by row, since
+    XLA cannot give a variable a new shape; a later batch may be smaller (an epoch's last), never larger. Without
+    one, a variable of unknown shape that each batch replaces.
+    """
+    if tensor.shape.is_fully_defined():
+        return tf.Variable(tf.zeros(tensor.shape, tensor.dtype), trainable=False)
+    return tf.Variable(tf.zeros([0] * len(tensor.shape), tensor.dtype), shape=tf.TensorShape(None), trainable=False)
 
 
 def _floats(values) -> list:
