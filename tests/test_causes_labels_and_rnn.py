@@ -1,0 +1,165 @@
+"""huge-labels and exploding-rnn-gradients: the label check, the documented CPU exceptions, the regression cousin,
+and the RNN gradient norm growing geometrically with sequence length."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nanlab
+from nanlab.causes import exploding_rnn_gradients as rnn
+from nanlab.causes import huge_labels
+from nanlab.causes.huge_labels.labels import apply_encoding, check_labels, encode_labels, find_bad_labels
+
+
+# --- the label check (framework-neutral) ---
+
+def test_find_bad_labels_names_out_of_range_negative_fractional_and_nan():
+    y = np.array([0, 4, 8000, -1, 2.5, np.nan, 3])
+    assert find_bad_labels(y, 5).tolist() == [2, 3, 4, 5]
+
+
+def test_check_labels_error_names_the_offending_sample_indices():
+    y = np.zeros(100, dtype=np.int64)
+    y[[7, 42]] = [8000, -1]
+    with pytest.raises(nanlab.NanlabError, match=r"2 of 100 labels.*0\.\.4: sample 7 \(label 8000\), 42 \(label -1\)"):
+        check_labels(y, 5)
+
+
+def test_check_labels_returns_int64_for_valid_labels_and_lists_at_most_ten():
+    assert check_labels(np.array([0.0, 1.0, 4.0]), 5).dtype == np.int64
+    with pytest.raises(nanlab.NanlabError, match="and 2 more"):
+        check_labels(np.full(12, 9), 5)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.5, True])
+def test_check_labels_rejects_a_bad_class_count(num_classes):
+    with pytest.raises(nanlab.NanlabError, match="num_classes must be a positive integer"):
+        check_labels(np.array([0, 1]), num_classes)
+
+
+def test_encode_labels_round_trips_and_rejects_unseen_labels():
+    ids, classes = encode_labels(np.array([8000, 0, 4, 8000]))
+    assert ids.tolist() == [2, 0, 1, 2] and classes[ids].tolist() == [8000, 0, 4, 8000]
+    assert apply_encoding(np.array([4, 8000]), classes).tolist() == [1, 2]
+    with pytest.raises(nanlab.NanlabError, match="not among the training classes"):
+        apply_encoding(np.array([3]), classes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_huge_labels_data_has_exactly_one_stray_label_and_the_check_finds_it(seed):
+    data = huge_labels.make_data(seed)
+    bad = find_bad_labels(data.y_train, huge_labels.NUM_CLASSES)
+    assert bad.tolist() == [huge_labels.bad_label_index(seed, len(data.y_train))]
+    assert data.y_train[bad[0]] == huge_labels.HUGE_LABEL
+    assert huge_labels.drop_bad_labels(data, huge_labels.NUM_CLASSES).y_train.size == data.y_train.size - 1
+
+
+def test_cause_packages_do_not_import_a_framework():
+    code = ("import sys, nanlab.causes.huge_labels, nanlab.causes.huge_labels.labels, "
+            "nanlab.causes.huge_labels.cuda_child, nanlab.causes.exploding_rnn_gradients; "
+            "print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# --- PyTorch ---
+
+def test_torch_cpu_raises_index_error_for_an_out_of_range_target():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(IndexError, match="Target 8000 is out of bounds"):
+        torch.nn.functional.cross_entropy(torch.zeros(2, 5), torch.tensor([0, 8000]))
+
+
+def test_torch_huge_labels_broken_records_index_error_and_fixes_learn():
+    pytest.importorskip("torch")
+    broken = nanlab.reproduce("huge-labels", "torch", "cpu", seed=1)
+    assert broken.error == "IndexError" and "8000" in broken.error_message
+    for fix_id in nanlab.get_cause("huge-labels").fix_ids:
+        run = nanlab.reproduce("huge-labels", "torch", "cpu", seed=1, fix=fix_id)
+        assert run.finite and run.learned, run.summary()
+
+
+def test_torch_cuda_child_reports_a_child_that_did_not_assert():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the child really asserts; this checks the parent's handling of other failures")
+    from nanlab.causes.huge_labels.cuda_child import raise_device_assert_from_child
+
+    with pytest.raises(RuntimeError, match="expected a CUDA device-side assert"):
+        raise_device_assert_from_child("nanlab.causes.huge_labels.torch_recipe", seed=0, steps=2)
+
+
+def _train_regression(recipe, loop, framework, name, seed=0):
+    from nanlab.seeding import seed_everything
+
+    seed_everything(seed, framework)
+    training = recipe.REGRESSION_SETTINGS[name](seed, "cpu")
+    history = loop.train(training, huge_labels.REGRESSION_STEPS)
+    score = training.evaluate(training.model) if history.first_nonfinite_step is None else None
+    return history, score
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_regression_targets_of_1e10_overflow_and_standardising_fixes_it(framework):
+    pytest.importorskip(framework)
+    recipe = nanlab.get_cause("huge-labels").recipe(framework)
+    from nanlab.reproduce import training_loop
+
+    loop = training_loop(framework)
+    broken, _ = _train_regression(recipe, loop, framework, "broken")
+    assert broken.losses[0] > 1e18 and broken.first_nonfinite_step is not None
+    fixed, r_squared = _train_regression(recipe, loop, framework, "standardise-targets")
+    assert fixed.first_nonfinite_step is None and fixed.losses[-1] < 0.5 * fixed.losses[0] and r_squared > 0.5
+
+
+# --- TensorFlow ---
+
+def test_tensorflow_cpu_raises_invalid_argument_for_an_out_of_range_label():
+    pytest.importorskip("tensorflow")
+    from nanlab.keras_loop import keras, tf
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 8000"):
+        loss_fn(np.array([0, 8000]), np.zeros((2, 5), np.float32))
+
+
+def test_tensorflow_huge_labels_broken_records_invalid_argument_and_fixes_learn():
+    pytest.importorskip("tensorflow")
+    broken = nanlab.reproduce("huge-labels", "tensorflow", "cpu", seed=1)
+    assert broken.error == "InvalidArgumentError"
+    for fix_id in nanlab.get_cause("huge-labels").fix_ids:
+        run = nanlab.reproduce("huge-labels", "tensorflow", "cpu", seed=1, fix=fix_id)
+        assert run.finite and run.learned, run.summary()
+
+
+# --- exploding RNN gradients ---
+
+def test_recurrent_matrix_has_the_configured_spectral_radius():
+    radius = np.max(np.abs(np.linalg.eigvals(rnn.recurrent_matrix())))
+    assert math.isclose(radius, rnn.SPECTRAL_RADIUS, rel_tol=1e-6) and radius > 1
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_rnn_gradient_norm_grows_geometrically_with_sequence_length(framework):
+    pytest.importorskip(framework)
+    recipe = nanlab.get_cause("exploding-rnn-gradients").recipe(framework)
+    lengths = [10, 20, 30, 40]
+    norms = [recipe.gradient_norm_at_init(length, seed=0) for length in lengths]
+    factors = [later / earlier for earlier, later in zip(norms, norms[1:])]
+    assert all(factor > 1.25 ** 10 / 2 for factor in factors), norms  # ~x10 per 10 steps, every time
+    small = [recipe.gradient_norm_at_init(length, seed=0, spectral_radius=0.9) for length in lengths]
+    assert max(small) / min(small) < 10, small
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_rnn_broken_explodes_after_a_huge_first_gradient_and_clipping_learns(framework):
+    pytest.importorskip(framework)
+    broken = nanlab.reproduce("exploding-rnn-gradients", framework, "cpu", seed=1)
+    assert broken.first_nonfinite_step is not None and broken.grad_norms[0] > 100
+    assert math.isfinite(broken.losses[0])
+    clipped = nanlab.reproduce("exploding-rnn-gradients", framework, "cpu", seed=1, fix="clip-grad-norm")
+    assert clipped.finite and clipped.learned, clipped.summary()
