@@ -163,3 +163,40 @@ def test_rnn_broken_explodes_after_a_huge_first_gradient_and_clipping_learns(fra
     assert math.isfinite(broken.losses[0])
     clipped = nanlab.reproduce("exploding-rnn-gradients", framework, "cpu", seed=1, fix="clip-grad-norm")
     assert clipped.finite and clipped.learned, clipped.summary()
+
+
+# --- symmetric labels ---
+
+def test_symmetric_labels_data_uses_minus_one_and_the_check_names_those_samples():
+    from nanlab.causes import symmetric_labels
+
+    data = symmetric_labels.make_data(0)
+    assert sorted(set(data.y_train.tolist())) == [-1, 0, 1]
+    assert find_bad_labels(data.y_train, 3).tolist() == np.flatnonzero(data.y_train == -1).tolist()
+    mapped, classes = symmetric_labels.map_labels(data)
+    assert classes.tolist() == [-1, 0, 1] and classes[mapped.y_train].tolist() == data.y_train.tolist()
+
+
+@pytest.mark.parametrize("framework, error", [("torch", "IndexError"), ("tensorflow", "InvalidArgumentError")])
+def test_symmetric_labels_cpu_raises_and_the_wrapping_gather_hides_it(framework, error):
+    pytest.importorskip(framework)
+    assert nanlab.reproduce("symmetric-labels", framework, "cpu", seed=2).error == error
+    hidden = nanlab.reproduce("symmetric-labels", framework, "cpu", seed=2, fix="wrapping-gather")
+    assert hidden.finite and hidden.losses[-1] < 0.5 * hidden.losses[0]  # the loss falls ...
+    assert hidden.score < 0.75 and not hidden.learned  # ... but class -1 is predicted as 2
+    mapped = nanlab.reproduce("symmetric-labels", framework, "cpu", seed=2, fix="map-labels")
+    assert mapped.finite and mapped.learned
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_binary_cross_entropy_with_minus_one_targets_runs_to_minus_infinity(framework):
+    pytest.importorskip(framework)
+    from nanlab.reproduce import training_loop
+    from nanlab.seeding import seed_everything
+
+    recipe = nanlab.get_cause("symmetric-labels").recipe(framework)
+    seed_everything(0, framework)
+    history = training_loop(framework).train(recipe.binary_minus_one(0, "cpu"), 600)
+    finite = [loss for loss in history.losses if math.isfinite(loss)]
+    assert min(finite) < -1e20  # unbounded below: the loss keeps falling past any bound ...
+    assert history.first_nonfinite_step is not None and history.losses[-1] == -math.inf  # ... until float32 ends
