@@ -1,0 +1,54 @@
+"""Log of zero: a hand-written cross-entropy ``-(y * log(softmax(z)))`` on a confident model.
+
+Once a logit trails the largest one by more than ~104 (float32; ~87 where denormals are flushed to zero, as
+TensorFlow does on CPU), its softmax probability rounds to exactly 0.0. ``log(0) = -inf`` and the one-hot zero
+in front of it gives ``0 * -inf = NaN``; the gradient of ``log`` at 0 is ``0 / 0 = NaN`` too.
+"""
+from nanlab.data import Dataset, make_blobs
+from nanlab.registry import Cause, Fix
+
+NUM_CLASSES = 4
+NUM_FEATURES = 20
+HIDDEN_UNITS = 128
+BATCH_SIZE = 64
+LR = 0.1  # Adam: a brisk rate that keeps growing the logits of an already-confident model
+EPS = 1e-8  # the add-eps fix: log(p + EPS)
+MIN_PROB = 1e-7  # the clip-input fix: log(clip(p, MIN_PROB, 1)); Keras's own epsilon
+LOG_FLOOR = -100.0  # the wrong fix: clip(log(p), LOG_FLOOR, 0), the floor torch's BCELoss uses
+
+CAUSE = Cause(
+    id="log-of-zero",
+    number=2,
+    title="Log of zero in a hand-written cross-entropy",
+    mechanism="a confident softmax probability underflows to exactly 0.0 in float32 (a logit gap past ~104, or "
+              "~87 where denormals are flushed); log(0) = -inf and the one-hot 0 times -inf is NaN",
+    when="mid-training, after the loss has already fallen close to zero: the model is confident and the logits "
+         "keep growing (Adam or a brisk learning rate on easily separable data); only hand-written log(softmax) "
+         "or log(sigmoid) code is exposed",
+    symptom="a healthy, falling loss turns NaN in a single step, with no growth of loss or gradient norm before "
+            "it; some softmax probability in that batch is exactly 0.0",
+    fixes=(
+        Fix("fused-loss", "the framework's loss on logits: F.cross_entropy / from_logits=True (log-softmax inside)"),
+        Fix("clip-input", "clip the input of log: log(clip(p, 1e-7, 1))"),
+        Fix("add-eps", "a small epsilon inside log: log(p + 1e-8)"),
+        Fix("clip-log-output", "clip the output of log: clip(log(p), -100, 0); the loss looks finite but the "
+            "gradient of log at p = 0 is still 0/0 = NaN", hides_problem=True, still_nonfinite=True),
+        Fix("float64", "the same loss in float64: the underflow only moves from a logit gap of ~104 to ~745",
+            hides_problem=True, still_nonfinite=True),
+    ),
+    steps=200,
+    score_name="held-out accuracy",
+    pass_score=0.8,
+    sources=(
+        "Stack Overflow 'Tensorflow NaN bug?': -reduce_sum(y_ * log(y_conv)) gives NaN once y_conv has an exact 0; "
+        "the answers clip the input of log (tf.clip_by_value(y_conv, 1e-10, 1.0)) or use the fused loss",
+        "Stack Overflow 'Deep-Learning Nan loss reasons': log of zero in a hand-written loss",
+        "PyTorch docs, nn.BCELoss: 'clamps its log function outputs to be greater than or equal to -100'",
+    ),
+    package=__name__,
+)
+
+
+def make_data(seed: int) -> Dataset:
+    """Four Gaussian classes in 20 standardised features; an MLP separates the training set and gets confident."""
+    return make_blobs(seed, NUM_CLASSES, NUM_FEATURES, num_samples=1024, spread=1.0)
