@@ -42,6 +42,17 @@ def _ylabel(name: str, smooth: int) -> str:
     return name if smooth <= 1 else f"{name} ({smooth}-step mean)"
 
 
+def _scale_axes(ax: Axes, run: Run, steps: Sequence[int], values: Sequence[float]) -> None:
+    """A log y-axis, unless there is nothing positive to put on it; a run that was non-finite from step 0 has no
+    points, so its x-axis gets a range around the marker (matplotlib's layout fails on a single-point range)."""
+    if any(value > 0 for value in values):
+        ax.set_yscale("log")
+    if not steps:
+        step = run.first_nonfinite_step or 0
+        ax.update_datalim([(step - 1, 0.0), (step + 1, 0.0)], updatey=False)
+        ax.autoscale_view()
+
+
 def plot_loss(run: Run, ax: Axes | None = None, colour: str | None = None, smooth: int = 1) -> Axes:
     """Loss per step on a log axis; a dashed line and an X at the top mark the first non-finite step.
 
@@ -52,8 +63,8 @@ def plot_loss(run: Run, ax: Axes | None = None, colour: str | None = None, smoot
     steps, losses = _finite_points(run.losses, smooth)
     line, = ax.plot(steps, losses, color=colour, label=_label(run))
     _mark_nonfinite(ax, run, line.get_color())
-    ax.set(yscale="log", xlabel="step", ylabel=_ylabel("loss", smooth),
-           title=f"{run.cause}: loss ({run.framework}, {run.device})")
+    _scale_axes(ax, run, steps, losses)
+    ax.set(xlabel="step", ylabel=_ylabel("loss", smooth), title=f"{run.cause}: loss ({run.framework}, {run.device})")
     ax.legend(fontsize="small")
     return ax
 
@@ -65,7 +76,8 @@ def plot_grad_norm(run: Run, ax: Axes | None = None, colour: str | None = None, 
     steps, norms = _finite_points(run.grad_norms, smooth)
     line, = ax.plot(steps, norms, color=colour, label=_label(run))
     _mark_nonfinite(ax, run, line.get_color())
-    ax.set(yscale="log", xlabel="step", ylabel=_ylabel("gradient norm", smooth),
+    _scale_axes(ax, run, steps, norms)
+    ax.set(xlabel="step", ylabel=_ylabel("gradient norm", smooth),
            title=f"{run.cause}: gradient norm ({run.framework}, {run.device})")
     ax.legend(fontsize="small")
     return ax
