@@ -20,11 +20,12 @@ CAUSE = Cause(
     id="log-of-zero",
     number=2,
     title="Log of zero in a hand-written cross-entropy",
-    mechanism="a confident softmax probability underflows to exactly 0.0 in float32 (a logit gap past ~104, or "
-              "~87 where denormals are flushed); log(0) = -inf and the one-hot 0 times -inf is NaN",
-    when="mid-training, after the loss has already fallen close to zero: the model is confident and the logits "
-         "keep growing (Adam or a brisk learning rate on easily separable data); only hand-written log(softmax) "
-         "or log(sigmoid) code is exposed",
+    mechanism="in a confident model a wrong class's softmax probability underflows to exactly 0.0 in float32 (a "
+              "logit gap past ~104, or ~87 where denormals are flushed, as on TensorFlow's CPU); log(0) = -inf and "
+              "the one-hot 0 in front of it makes 0 * -inf = NaN",
+    when="once the model is confident, after the loss has already fallen well below its start (here within ~10 "
+         "brisk Adam steps; in real runs often after many epochs) and the logits keep growing; only hand-written "
+         "log(softmax), log(sigmoid) or log(1 - p) code is exposed",
     symptom="a healthy, falling loss turns NaN in a single step, with no growth of loss or gradient norm before "
             "it; some softmax probability in that batch is exactly 0.0",
     fixes=(
