@@ -53,7 +53,10 @@ def _list() -> int:
     width = max(len(cause.id) for cause in causes)
     for cause in causes:
         print(f"{cause.id:{width}}  {cause.title}")
-        print(f"{'':{width}}  fixes: {', '.join(cause.fix_ids)}; frameworks: {', '.join(cause.frameworks)}")
+        fixes = [fix.id for fix in cause.fixes if not fix.hides_problem]
+        wrong = [fix.id for fix in cause.fixes if fix.hides_problem]
+        print(f"{'':{width}}  fixes: {', '.join(fixes)}" + (f"; wrong fixes: {', '.join(wrong)}" if wrong else "")
+              + f"; frameworks: {', '.join(cause.frameworks)}")
     return 0
 
 

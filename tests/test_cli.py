@@ -41,6 +41,7 @@ def test_list_names_every_cause():
     assert result.returncode == 0
     for cause in nanlab.list_causes():
         assert cause.id in result.stdout
+    assert "wrong fixes: clip-log-output" in result.stdout, "wrong fixes are told apart from real ones"
 
 
 def test_run_json_and_plot(tmp_path):
