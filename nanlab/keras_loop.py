@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -25,6 +24,7 @@ import tensorflow as tf
 
 from nanlab.data import minibatch_indices
 from nanlab.lr_range import RangeTestTracker
+from nanlab.run import History
 
 Batch = tuple[tf.Tensor, tf.Tensor]
 TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
@@ -50,12 +50,6 @@ class Training:
             self.compiled_update = tf.function(lambda grads: self.optimizer.apply(grads, variables))
         self.compiled_update(gradients)
 
-
-@dataclass
-class History:
-    losses: list[float]
-    grad_norms: list[float]
-    first_nonfinite_step: int | None
 
 
 def on_device(device: str):
@@ -100,16 +94,13 @@ def train_step(training: Training, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tenso
 
 def train(training: Training, steps: int) -> History:
     """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite."""
-    losses, grad_norms = [], []
-    for step in range(steps):
+    history = History()
+    for _ in range(steps):
         x, y = next(training.batches)
         loss, norm = train_step(training, x, y)
-        loss_value, norm_value = float(loss.numpy()), float(norm.numpy())
-        losses.append(loss_value)
-        grad_norms.append(norm_value)
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            return History(losses, grad_norms, step)
-    return History(losses, grad_norms, None)
+        if not history.record(float(loss.numpy()), float(norm.numpy())):
+            break
+    return history
 
 
 def lr_range_test(training: Training, lr_min: float = 1e-4, lr_max: float = 100.0, steps: int = 60) -> float:

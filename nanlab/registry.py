@@ -7,6 +7,7 @@ fixes for each framework. The registry discovers the packages, so adding a cause
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -99,14 +100,10 @@ class Cause:
 
     def judge_learning(self, losses: list[float], score: float | None) -> bool:
         """True when a run made real progress: finite losses that fell, and a held-out score past the bar."""
-        if score is None or not losses or not all(_finite(loss) for loss in losses):
+        if score is None or not losses or not all(math.isfinite(loss) for loss in losses):
             return False
         tail = losses[-max(1, len(losses) // 10):]
         return sum(tail) / len(tail) < self.loss_drop * losses[0] and score >= self.pass_score
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
 
 
 def check_framework(framework: str) -> str:

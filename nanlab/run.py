@@ -6,6 +6,24 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass
+class History:
+    """What a training loop recorded: loss and global gradient norm per step, and the first non-finite step."""
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    first_nonfinite_step: int | None = None
+
+    def record(self, loss: float, grad_norm: float) -> bool:
+        """Append one step; False (stop training) when its loss or gradient norm is NaN/Inf."""
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return True
+        self.first_nonfinite_step = len(self.losses) - 1
+        return False
+
+
+@dataclass
 class Run:
     """What one run of one setting of one cause did.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from nanlab.data import minibatch_indices
 from nanlab.lr_range import RangeTestTracker
+from nanlab.run import History
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,12 +34,6 @@ class Training:
     max_grad_norm: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
-
-@dataclass
-class History:
-    losses: list[float]
-    grad_norms: list[float]
-    first_nonfinite_step: int | None
 
 
 def on_device(device: str) -> contextlib.AbstractContextManager:
@@ -94,17 +88,14 @@ def train(training: Training, steps: int) -> History:
     One host synchronisation per step: the loss and the norm come back together.
     """
     training.model.train()
-    losses, grad_norms = [], []
-    for step in range(steps):
+    history = History()
+    for _ in range(steps):
         x, y = next(training.batches)
         loss, norm = train_step(training, x, y)
-        loss_value, norm_value = torch.stack([loss.detach().double(), norm]).tolist()
-        losses.append(loss_value)
-        grad_norms.append(norm_value)
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            return History(losses, grad_norms, step)
+        if not history.record(*torch.stack([loss.detach().double(), norm]).tolist()):
+            return history
     training.model.eval()
-    return History(losses, grad_norms, None)
+    return history
 
 
 def lr_range_test(training: Training, lr_min: float = 1e-4, lr_max: float = 100.0, steps: int = 60) -> float:
