@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nanlab
-from nanlab.causes import division_by_zero, log_of_zero
+from nanlab.causes import division_by_zero
 
 FRAMEWORKS = ("torch", "tensorflow")
 CAUSES = ("log-of-zero", "division-by-zero")

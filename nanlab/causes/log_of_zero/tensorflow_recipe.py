@@ -1,7 +1,5 @@
 """Log of zero in TensorFlow/Keras: a hand-written cross-entropy on softmax probabilities, its fixes and its wrong
 fixes."""
-import numpy as np
-
 from nanlab.causes.log_of_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LOG_FLOOR, LR, MIN_PROB, NUM_CLASSES,
                                        NUM_FEATURES, make_data)
 from nanlab.keras_loop import Training, accuracy, keras, minibatches, tf
