@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[torch,tensorflow,dev]" 2>&1 \
 		| grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import nanlab.torch_loop, nanlab.keras_loop, nbval, papermill"
+	$(BIN)/python -c "import nanlab.frameworks.torch.loop, nanlab.frameworks.tensorflow.loop, nbval, papermill"
 	touch $@
 
 reproduce: env

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import numpy as np  # noqa: E402
 
 import nanlab  # noqa: E402
-from nanlab.keras_loop import keras, tf  # noqa: E402
+from nanlab.frameworks.tensorflow.loop import keras, tf  # noqa: E402
 
 ROUNDS, STEPS_PER_ROUND, BATCH = 15, 12, 64
 VARIANTS = ("plain fit", "nanlab callback", "tf.debugging.enable_check_numerics")

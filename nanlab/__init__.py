@@ -13,27 +13,25 @@ __all__ = ["Cause", "ContractRow", "Fix", "NanlabError", "NonFiniteError", "Run"
            "list_causes", "reproduce", "scan", "verify", "watch", "__version__"]
 
 
-def watch(model, optimizer=None, loss_fn=None):
+def watch(model, optimizer=None, loss_fn=None, **options):
     """Watch training for the first non-finite loss, gradient or weight; raise ``NonFiniteError`` with a report.
 
     PyTorch: ``with nanlab.watch(model, optimizer, loss_fn) as w:`` around your loop, computing the loss with
     ``w.loss_fn``. Keras: ``model.fit(..., callbacks=[nanlab.watch(model)])``, or ``with nanlab.watch(model,
-    optimizer, loss_fn) as w:`` around a GradientTape loop whose step runs inside ``with w.step(x, y):``. Either
-    framework: ``with nanlab.watch(training):`` around ``torch_loop.train`` / ``keras_loop.train``.
+    optimizer, loss_fn) as w:`` around a GradientTape loop. Either framework: ``with nanlab.watch(training):``
+    around a nanlab ``Training`` and its loop's ``train``. ``options`` are the framework watch's own keywords.
     """
+    from nanlab.frameworks import framework_of, list_frameworks
+    from nanlab.training import Training
+
     training = None
-    if _is_training(model):
+    if isinstance(model, Training):
         training, model, optimizer, loss_fn = model, model.model, model.optimizer, model.loss_fn
-    if _from_framework(model, "torch"):
-        from nanlab.watch_torch import Watch
-
-        return Watch(model, optimizer, loss_fn, training=training)
-    if _from_framework(model, "keras") or _from_framework(model, "tensorflow"):
-        from nanlab.watch_keras import KerasWatch
-
-        return KerasWatch(model, optimizer, loss_fn, training=training)
-    raise NanlabError(f"nanlab.watch needs a torch.nn.Module, a keras.Model or a nanlab Training, "
-                      f"got {type(model).__name__}")
+    framework = framework_of(model)
+    if framework is None:
+        accepted = ", ".join(framework.watchable for framework in list_frameworks())
+        raise NanlabError(f"nanlab.watch needs {accepted} or a nanlab Training, got {type(model).__name__}")
+    return framework.module("watch").watch(model, optimizer, loss_fn, training=training, **options)
 
 
 def scan(x, y=None, num_classes=None, progress=True):
@@ -41,11 +39,3 @@ def scan(x, y=None, num_classes=None, progress=True):
     from nanlab.scan_data import scan as scan_data
 
     return scan_data(x, y, num_classes, progress)
-
-
-def _from_framework(value, framework: str) -> bool:
-    return any(cls.__module__.split(".")[0] == framework for cls in type(value).__mro__)
-
-
-def _is_training(value) -> bool:
-    return type(value).__name__ == "Training" and type(value).__module__ in ("nanlab.torch_loop", "nanlab.keras_loop")

@@ -12,7 +12,8 @@ import sys
 
 from nanlab.devices import DEVICES
 from nanlab.errors import NanlabError
-from nanlab.registry import FRAMEWORKS, get_cause, list_causes
+from nanlab.frameworks import framework_names
+from nanlab.registry import get_cause, list_causes
 from nanlab.reproduce import ContractRow, reproduce, verify
 from nanlab.run import Run
 
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="reproduce one cause: the broken setting, or a fix")
     run.add_argument("cause", help="cause id, e.g. high-learning-rate (see `nanlab list`)")
-    run.add_argument("--framework", default="torch", help=f"one of: {', '.join(FRAMEWORKS)} (default: torch)")
+    run.add_argument("--framework", default="torch", help=f"one of: {', '.join(framework_names())} (default: torch)")
     run.add_argument("--device", default="auto", help=f"one of: {', '.join(DEVICES)} (default: auto)")
     run.add_argument("--seed", type=int, default=0)
     which = run.add_mutually_exclusive_group()
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("verify", help="check the reproduction contract and print a table")
     check.add_argument("--cause", action="append", help="cause id (repeatable; default: all)")
-    check.add_argument("--framework", action="append", help=f"one of: {', '.join(FRAMEWORKS)} (repeatable)")
+    check.add_argument("--framework", action="append", help=f"one of: {', '.join(framework_names())} (repeatable)")
     check.add_argument("--seeds", type=int, default=3, help="check seeds 0..N-1 (default: 3)")
     check.add_argument("--device", default="auto", help=f"one of: {', '.join(DEVICES)} (default: auto)")
     check.add_argument("--json", type=pathlib.Path, metavar="PATH", help="also write the rows as JSON here")

@@ -6,6 +6,8 @@ import platform
 import sys
 from typing import Callable
 
+from nanlab.frameworks import Framework, get_framework
+
 
 def show(*functions: Callable) -> None:
     """Display the source of recipe functions as highlighted code, so the notebook shows the code that runs."""
@@ -15,14 +17,7 @@ def show(*functions: Callable) -> None:
     display(Markdown("\n\n".join(blocks)))
 
 
-def banner(framework: str, device: str) -> str:
+def banner(framework: str | Framework, device: str) -> str:
     """One line: Python, the framework's version and the device runs will use."""
-    if framework == "torch":
-        import torch
-
-        version = f"torch {torch.__version__}"
-    else:
-        from nanlab.keras_loop import keras, tf
-
-        version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    version = get_framework(framework).backend.version()
     return f"Python {platform.python_version()} | {version} | device: {device} | {sys.platform}"

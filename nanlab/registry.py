@@ -1,8 +1,9 @@
 """The catalogue of causes: what each one is, which fixes it has, and where its code and notebooks live.
 
 A cause lives in its own package under ``nanlab/causes/``. Its ``__init__`` declares ``CAUSE`` (framework-neutral
-facts and the data it trains on); ``torch_recipe.py`` and ``tensorflow_recipe.py`` hold the broken setting and the
-fixes for each framework. The registry discovers the packages, so adding a cause touches no shared list.
+facts and the data it trains on); ``<framework>_recipe.py`` holds the broken setting and the fixes for each framework
+the cause lists; ``rule.py`` holds its diagnosis rule. The registry discovers the packages, so adding a cause
+touches no shared list.
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from nanlab.errors import NanlabError
+from nanlab.frameworks import Framework, get_framework
 
-FRAMEWORKS = ("torch", "tensorflow")
-FRAMEWORK_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow"}
-NOTEBOOK_FOLDERS = {"torch": "pytorch", "tensorflow": "tensorflow"}
 DEFAULT_SEEDS = tuple(range(10))
 
 
@@ -43,7 +42,8 @@ class Fix:
 class Cause:
     """A reproducible reason for NaN/Inf loss.
 
-    ``seeds`` are the random seeds the reproduction contract is verified on; ``steps`` is the step budget within
+    ``frameworks`` names the frameworks it has a recipe for (``<name>_recipe.py`` in its package); ``seeds`` are
+    the random seeds the reproduction contract is verified on; ``steps`` is the step budget within
     which the broken setting must go non-finite and over which every fix trains. A run has ``learned`` when its
     losses stay finite, its last losses average below ``loss_drop`` times its first, and its held-out
     ``score_name`` reaches ``pass_score``.
@@ -56,11 +56,11 @@ class Cause:
     when: str
     symptom: str
     fixes: tuple[Fix, ...]
+    frameworks: tuple[str, ...]
     steps: int
     score_name: str
     pass_score: float
     loss_drop: float = 0.5
-    frameworks: tuple[str, ...] = FRAMEWORKS
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     sources: tuple[str, ...] = ()
     package: str = field(default="", compare=False)
@@ -72,10 +72,7 @@ class Cause:
     @property
     def notebooks(self) -> dict[str, str]:
         """Notebook path per framework, relative to the repository root."""
-        return {
-            framework: f"notebooks/{NOTEBOOK_FOLDERS[framework]}/{self.number:02d}-{self.id}.ipynb"
-            for framework in self.frameworks
-        }
+        return {name: get_framework(name).notebook(self.number, self.id) for name in self.frameworks}
 
     def fix(self, fix_id: str) -> Fix:
         for fix in self.fixes:
@@ -85,18 +82,31 @@ class Cause:
             f"unknown fix {fix_id!r} for cause {self.id!r}; valid fixes: {', '.join(self.fix_ids)}"
         )
 
-    def check_framework(self, framework: str) -> str:
-        framework = check_framework(framework)
-        if framework not in self.frameworks:
+    def framework(self, framework: str | Framework) -> Framework:
+        """Resolve ``framework`` and check this cause has a recipe for it, or say which frameworks it has."""
+        resolved = get_framework(framework)
+        if resolved.name not in self.frameworks:
             raise NanlabError(
-                f"cause {self.id!r} has no {framework} recipe; it has: {', '.join(self.frameworks)}"
+                f"cause {self.id!r} has no {resolved.name} recipe; it has: {', '.join(self.frameworks)}"
             )
-        return framework
+        return resolved
 
-    def recipe(self, framework: str) -> ModuleType:
+    def recipe(self, framework: str | Framework) -> ModuleType:
         """The module holding this cause's broken setting and fixes for one framework (imports that framework)."""
-        framework = self.check_framework(framework)
-        return importlib.import_module(f"{self.package}.{framework}_recipe")
+        resolved = self.framework(framework)
+        resolved.loop  # a missing framework is a one-line install hint, not a traceback from the recipe
+        return importlib.import_module(f"{self.package}.{resolved.name}_recipe")
+
+    @property
+    def rule(self):
+        """This cause's diagnosis rule, ``diagnose(report) -> Verdict | None`` from its ``rule.py``; None without one."""
+        try:
+            module = importlib.import_module(f"{self.package}.rule")
+        except ModuleNotFoundError as missing:
+            if missing.name != f"{self.package}.rule":
+                raise
+            return None
+        return module.diagnose
 
     def judge_learning(self, losses: list[float], score: float | None) -> bool:
         """True when a run made real progress: finite losses that fell, and a held-out score past the bar."""
@@ -104,14 +114,6 @@ class Cause:
             return False
         tail = losses[-max(1, len(losses) // 10):]
         return sum(tail) / len(tail) < self.loss_drop * losses[0] and score >= self.pass_score
-
-
-def check_framework(framework: str) -> str:
-    """Normalise a framework name (``pytorch`` → ``torch``, ``tf``/``keras`` → ``tensorflow``) or say what is valid."""
-    name = FRAMEWORK_ALIASES.get(str(framework).lower(), str(framework).lower())
-    if name not in FRAMEWORKS:
-        raise NanlabError(f"unknown framework {framework!r}; valid frameworks: {', '.join(FRAMEWORKS)}")
-    return name
 
 
 def _discover() -> dict[str, Cause]:

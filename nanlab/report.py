@@ -1,8 +1,8 @@
 """What a watch found at the first non-finite step, and which catalogue cause the evidence points to.
 
-Framework-neutral: the PyTorch and Keras watches fill a ``NonFiniteReport`` from their replay of the failing step;
-``name_cause`` reads the report and the recorded history. The rules are deliberately few and each one names the
-evidence it used, so that a student can check the verdict; when no rule fits, the verdict says "unclear".
+Framework-neutral: the PyTorch and Keras watches fill a ``NonFiniteReport`` with the evidence from their replay of
+the failing step; ``conclude`` asks every cause's rule (``nanlab.diagnosis``) which cause that evidence points to.
+Each verdict names the evidence it used, so that a student can check it; when no rule fits, it says "unclear".
 """
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ import math
 from dataclasses import dataclass, field
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer update")
-
-# Ops whose derivative or value is infinite at a finite argument: the forward (or backward) goes non-finite from
-# finite inputs. Names are the framework's own op names, lower-cased, with the Python operator aliases mapped.
-LOG_OPS = {"log", "log2", "log10", "log1p", "xlogy", "binary_cross_entropy", "bce"}
-DIVISION_OPS = {"div", "true_divide", "truediv", "divide", "reciprocal", "rsqrt", "sqrt", "pow", "realdiv",
-                "divnonan", "floordiv", "norm", "normalize", "cosine_similarity", "std", "var"}
 RECURRENT_HINTS = ("rnn", "lstm", "gru", "recurrent", "cell")
 GROWTH_FACTOR = 100.0  # gradient norm growth over the recorded steps that counts as "exploding"
 MIN_GROWTH_STEPS = 3
@@ -52,10 +46,55 @@ class NonFiniteReport:
     grad_norms: list[float] = field(default_factory=list)
     norm_name: str = "gradient norm"
     batch_size: int | None = None
+    module_kind: str | None = None
+    dtype: str | None = None
+    dtype_max: float | None = None
+    max_abs: float | None = None
+    optimizer: dict = field(default_factory=dict)
+    loss_scale: float | None = None
+    skipped_in_a_row: int = 0
+    rank: int | None = None
     cause: str | None = None
     cause_reason: str = ""
     cause_notebook: str | None = None
+    runner_up: str | None = None
+    runner_up_reason: str | None = None
+    verdicts: list[str] = field(default_factory=list)
     note: str | None = None
+
+    # -- evidence the rules read, in one place so that every rule reads it the same way -------------------------
+    @property
+    def op_name(self) -> str:
+        """The failing op, lower-cased ("" when unlocated)."""
+        return (self.op or "").lower()
+
+    @property
+    def zero_input(self) -> bool:
+        """Some input of the failing op held an exact 0."""
+        return any(entry.get("zeros") for entry in self.op_inputs)
+
+    @property
+    def negative_input(self) -> bool:
+        return any(entry.get("negatives") for entry in self.op_inputs)
+
+    @property
+    def growth(self) -> float | None:
+        """How many times the recorded norm grew before the NaN (``gradient_growth``)."""
+        return gradient_growth(self.grad_norms)
+
+    @property
+    def exploding(self) -> bool:
+        """The recorded norm grew ``GROWTH_FACTOR`` times or more: each update overshot."""
+        return self.growth is not None and self.growth >= GROWTH_FACTOR
+
+    def unclear_reason(self) -> str:
+        """The reason given when no cause's rule fits."""
+        if self.phase == "data":
+            return "unclear: the batch itself is bad, and no catalogue rule fits what is wrong with it"
+        growth = self.growth
+        history = ("there are too few steps of history to see a trend" if growth is None
+                   else f"the {self.norm_name} grew only {growth:.3g}x, so nothing was exploding")
+        return f"unclear: no catalogue rule fits a non-finite {self.phase} at {self.where()}, and {history}"
 
     def where(self) -> str:
         parts = [f"`{self.module}`" if self.module else None, f"op `{self.op}`" if self.op else None]
@@ -81,7 +120,10 @@ class NonFiniteReport:
             first += f"; samples {_list(self.samples)} of the batch carry it"
         if self.cause:
             notebook = f" (see {self.cause_notebook})" if self.cause_notebook else ""
-            second = f"Likely cause: {self.cause}{notebook}, because {self.cause_reason}."
+            second = f"Likely cause: {self.cause}{notebook}, because {self.cause_reason}"
+            if self.runner_up:
+                second += f"; also consistent with {self.runner_up}, because {self.runner_up_reason}"
+            second += "."
         else:
             second = f"Likely cause: {self.cause_reason}."
         note = f" {self.note}" if self.note else ""
@@ -107,52 +149,11 @@ def gradient_growth(grad_norms: list[float]) -> float | None:
     return max(finite) / finite[0]
 
 
-def name_cause(report: NonFiniteReport) -> tuple[str | None, str]:
-    """The catalogue cause id the evidence points to, and the evidence in words (or ``None, "unclear: ..."``)."""
-    op = (report.op or "").lower()
-    growth = gradient_growth(report.grad_norms)
-    exploding = growth is not None and growth >= GROWTH_FACTOR
-    if report.symmetric_labels:
-        return "symmetric-labels", ("the targets are -1/+1, but the loss expects 0/1 (a log loss then rewards "
-                                    "driving a probability to 0, and log(0) = -inf)")
-    if report.label_problem:
-        return "huge-labels", f"the batch has {report.label_problem}"
-    if report.huge_targets and report.phase in ("loss", "backward", "forward", "optimizer update"):
-        return "huge-labels", "the regression targets are huge (|y| > 1e4), so the squared error overflows"
-    if report.phase == "data":
-        return None, "unclear: the batch holds non-finite inputs; no catalogue cause covers bad raw data yet"
-    zero_input = any(entry.get("zeros") for entry in report.op_inputs)
-    negative_input = any(entry.get("negatives") for entry in report.op_inputs)
-    if op in LOG_OPS and report.phase in ("forward", "loss", "backward"):
-        if zero_input or report.value == "-inf" or report.phase == "backward":
-            return "log-of-zero", f"`{report.op}` got an exact 0 (a probability that underflowed)"
-        if negative_input:
-            return None, f"unclear: `{report.op}` got negative inputs, which is not a log of zero"
-    if op in DIVISION_OPS and report.phase in ("forward", "loss", "backward") and zero_input:
-        return "division-by-zero", f"`{report.op}` divided by (or took the root of) an exact 0"
-    if report.recurrent:
-        trend = f"; the {report.norm_name} grew {growth:.3g}x before it" if exploding else ""
-        return ("exploding-rnn-gradients",
-                f"it overflowed inside a recurrent layer, which multiplies the hidden state (forward) and its "
-                f"gradient (backward) by the recurrent weights once per time step{trend}")
-    if exploding:
-        return "high-learning-rate", (f"the {report.norm_name} grew {growth:.3g}x over the {len(report.grad_norms)} "
-                                      "steps before the NaN: each update overshoots")
-    history = ("there are too few steps of history to see a trend" if growth is None
-               else f"the {report.norm_name} grew only {growth:.3g}x, so nothing was exploding")
-    return None, (f"unclear: no catalogue rule fits a non-finite {report.phase} at {report.where()}, and "
-                  f"{history}")
-
-
 def conclude(report: NonFiniteReport) -> NonFiniteReport:
-    """Fill ``cause``, ``cause_reason`` and ``cause_notebook`` from the rest of the report."""
-    from nanlab.registry import list_causes
+    """Fill the verdict (``cause``, ``cause_reason``, ``cause_notebook``, ``runner_up``) from the evidence."""
+    from nanlab.diagnosis import diagnose
 
-    report.cause, report.cause_reason = name_cause(report)
-    causes = {cause.id: cause for cause in list_causes()}
-    if report.cause in causes:
-        report.cause_notebook = causes[report.cause].notebooks.get(report.framework)
-    return report
+    return diagnose(report)
 
 
 def is_recurrent(name: str | None) -> bool:

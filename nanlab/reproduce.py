@@ -8,48 +8,35 @@ The contract, per cause × framework × seed × device:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from nanlab.devices import resolve_device
+from nanlab.devices import check_device, resolve_device
 from nanlab.errors import NanlabError
-from nanlab.registry import FRAMEWORKS, Cause, check_framework, get_cause, list_causes
+from nanlab.frameworks import Framework, get_framework, list_frameworks
+from nanlab.registry import Cause, get_cause, list_causes
 from nanlab.run import Run
-from nanlab.seeding import seed_everything
-
-LOOP_MODULES = {"torch": "nanlab.torch_loop", "tensorflow": "nanlab.keras_loop"}
-INSTALL_HINTS = {"torch": "pip install 'nanlab[torch]'", "tensorflow": "pip install 'nanlab[tensorflow]'"}
+from nanlab.seeding import check_seed, seed_everything
 
 
-def training_loop(framework: str):
-    """The loop module for ``framework``, or a one-line error saying how to install the framework."""
-    framework = check_framework(framework)
-    try:
-        return importlib.import_module(LOOP_MODULES[framework])
-    except ModuleNotFoundError as missing:
-        if missing.name not in ("torch", "tensorflow", "keras"):
-            raise
-        raise NanlabError(f"{framework} is not installed; install it with: {INSTALL_HINTS[framework]}") from None
-
-
-def reproduce(cause: str | Cause, framework: str = "torch", device: str = "auto", seed: int = 0,
+def reproduce(cause: str | Cause, framework: str | Framework = "torch", device: str = "auto", seed: int = 0,
               fix: str | None = None, steps: int | None = None) -> Run:
     """Run the broken setting of ``cause`` (``fix=None``) or one of its fixes, and record what happened."""
     cause = get_cause(cause)
-    framework = cause.check_framework(framework)
+    framework = cause.framework(framework)
     if fix is not None:
         cause.fix(fix)
-    if steps is not None and steps < 1:
+    check_seed(seed)
+    check_device(device)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise NanlabError(f"steps must be a positive integer, got {steps!r}")
-    loop = training_loop(framework)
-    recipe = cause.recipe(framework)
+    loop, recipe = framework.loop, cause.recipe(framework)
     device = resolve_device(device, framework)
     steps = steps or cause.steps
-    run = Run(cause=cause.id, framework=framework, device=device, seed=seed, fix=fix, steps=steps,
+    run = Run(cause=cause.id, framework=framework.name, device=device, seed=seed, fix=fix, steps=steps,
               score_name=cause.score_name)
     seed_everything(seed, framework)
-    with loop.on_device(device):
+    with framework.backend.on_device(device):
         try:
             training = recipe.SETTINGS[run.setting](seed=seed, device=device)
             history = loop.train(training, steps)
@@ -87,7 +74,7 @@ class ContractRow:
                 "fixes": {fix_id: run.to_dict() for fix_id, run in self.fixes.items()}}
 
 
-def check_contract(cause: str | Cause, framework: str, seed: int, device: str = "auto") -> ContractRow:
+def check_contract(cause: str | Cause, framework: str | Framework, seed: int, device: str = "auto") -> ContractRow:
     """Run the broken setting and every fix of ``cause`` once and list what breaks the contract."""
     cause = get_cause(cause)
     broken = reproduce(cause, framework, device, seed)
@@ -113,11 +100,13 @@ def verify(causes: Iterable[str] | None = None, frameworks: Iterable[str] | None
            seeds: int | Iterable[int] = 3, device: str = "auto") -> list[ContractRow]:
     """Check the reproduction contract for each cause × framework × seed; ``seeds=N`` means seeds 0..N-1."""
     selected = [get_cause(cause) for cause in causes] if causes else list_causes()
-    wanted = [check_framework(framework) for framework in frameworks] if frameworks else list(FRAMEWORKS)
+    wanted = [get_framework(framework) for framework in frameworks] if frameworks else list_frameworks()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise NanlabError("seeds must name at least one seed (an integer N >= 1 means seeds 0..N-1)")
+    for seed in seed_list:
+        check_seed(seed)
     return [check_contract(cause, framework, seed, device)
             for cause in selected
-            for framework in wanted if framework in cause.frameworks
+            for framework in wanted if framework.name in cause.frameworks
             for seed in seed_list]

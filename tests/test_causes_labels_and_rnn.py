@@ -58,7 +58,7 @@ def test_huge_labels_data_has_exactly_one_stray_label_and_the_check_finds_it(see
 
 def test_cause_packages_do_not_import_a_framework():
     code = ("import sys, nanlab.causes.huge_labels, nanlab.causes.huge_labels.labels, "
-            "nanlab.causes.huge_labels.cuda_child, nanlab.causes.exploding_rnn_gradients; "
+            "nanlab.frameworks.torch.cuda_child, nanlab.causes.exploding_rnn_gradients; "
             "print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -87,7 +87,7 @@ def test_torch_cuda_child_reports_a_child_that_did_not_assert():
 
     if torch.cuda.is_available():
         pytest.skip("on a GPU the child really asserts; this checks the parent's handling of other failures")
-    from nanlab.causes.huge_labels.cuda_child import raise_device_assert_from_child
+    from nanlab.frameworks.torch.cuda_child import raise_device_assert_from_child
 
     with pytest.raises(RuntimeError, match="expected a CUDA device-side assert"):
         raise_device_assert_from_child("nanlab.causes.huge_labels.torch_recipe", seed=0, steps=2)
@@ -107,9 +107,9 @@ def _train_regression(recipe, loop, framework, name, seed=0):
 def test_regression_targets_of_1e10_overflow_and_standardising_fixes_it(framework):
     pytest.importorskip(framework)
     recipe = nanlab.get_cause("huge-labels").recipe(framework)
-    from nanlab.reproduce import training_loop
+    from nanlab.frameworks import get_framework
 
-    loop = training_loop(framework)
+    loop = get_framework(framework).loop
     broken, _ = _train_regression(recipe, loop, framework, "broken")
     assert broken.losses[0] > 1e18 and broken.first_nonfinite_step is not None
     fixed, r_squared = _train_regression(recipe, loop, framework, "standardise-targets")
@@ -120,7 +120,7 @@ def test_regression_targets_of_1e10_overflow_and_standardising_fixes_it(framewor
 
 def test_tensorflow_cpu_raises_invalid_argument_for_an_out_of_range_label():
     pytest.importorskip("tensorflow")
-    from nanlab.keras_loop import keras, tf
+    from nanlab.frameworks.tensorflow.loop import keras, tf
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 8000"):
@@ -191,12 +191,12 @@ def test_symmetric_labels_cpu_raises_and_the_wrapping_gather_hides_it(framework,
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_binary_cross_entropy_with_minus_one_targets_runs_to_minus_infinity(framework):
     pytest.importorskip(framework)
-    from nanlab.reproduce import training_loop
+    from nanlab.frameworks import get_framework
     from nanlab.seeding import seed_everything
 
     recipe = nanlab.get_cause("symmetric-labels").recipe(framework)
     seed_everything(0, framework)
-    history = training_loop(framework).train(recipe.binary_minus_one(0, "cpu"), 600)
+    history = get_framework(framework).loop.train(recipe.binary_minus_one(0, "cpu"), 600)
     finite = [loss for loss in history.losses if math.isfinite(loss)]
     assert min(finite) < -1e20  # unbounded below: the loss keeps falling past any bound ...
     assert history.first_nonfinite_step is not None and history.losses[-1] == -math.inf  # ... until float32 ends

@@ -19,7 +19,7 @@ def torch():
 
 @pytest.fixture(scope="module")
 def tf():
-    from nanlab.keras_loop import tf
+    from nanlab.frameworks.tensorflow.loop import tf
 
     return tf
 

@@ -17,6 +17,8 @@ def nanlab_cli(*args: str) -> subprocess.CompletedProcess:
     (["run", "high-learning-rate", "--fix", "more-coffee"], "valid fixes: lower-lr"),
     (["verify", "--cause", "no-such-cause"], "valid causes:"),
     (["verify", "--seeds", "0"], "at least one seed"),
+    (["run", "log-of-zero", "--seed", "-1"], "seed must be an integer in 0..4294967295"),
+    (["run", "log-of-zero", "--steps", "0"], "steps must be a positive integer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, says):
     result = nanlab_cli(*args)

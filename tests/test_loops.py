@@ -8,7 +8,7 @@ from torch.nn import functional as F
 import nanlab
 from nanlab.causes.high_learning_rate import torch_recipe
 from nanlab.seeding import seed_everything
-from nanlab.torch_loop import gradient_norm
+from nanlab.frameworks.torch.loop import gradient_norm
 
 
 def plain_torch_losses(seed: int, steps: int, lr: float) -> list[float]:
@@ -38,7 +38,7 @@ def test_torch_recording_leaves_losses_bit_identical(fix):
 
 def test_keras_recording_leaves_losses_bit_identical():
     from nanlab.causes.high_learning_rate import tensorflow_recipe
-    from nanlab.keras_loop import keras, tf
+    from nanlab.frameworks.tensorflow.loop import keras, tf
 
     run = nanlab.reproduce("high-learning-rate", "tensorflow", "cpu", seed=1, fix="lower-lr", steps=20)
     seed_everything(1, "tensorflow")

@@ -5,7 +5,7 @@ import re
 import pytest
 
 import nanlab
-from nanlab.registry import FRAMEWORKS
+from nanlab.frameworks import framework_names
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CAUSES = nanlab.list_causes()
@@ -21,7 +21,7 @@ def test_cause_is_well_formed(cause):
     assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", cause.id), "cause ids are kebab-case"
     assert cause.fixes and len(set(cause.fix_ids)) == len(cause.fix_ids)
     assert any(not fix.hides_problem for fix in cause.fixes), "a cause needs at least one real fix"
-    assert set(cause.frameworks) <= set(FRAMEWORKS)
+    assert set(cause.frameworks) <= set(framework_names())
     assert len(cause.seeds) >= 10
     assert cause.when and cause.symptom and cause.mechanism
 
@@ -32,7 +32,7 @@ def test_every_notebook_exists(cause):
         assert (ROOT / path).is_file(), f"missing notebook {path}"
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", framework_names())
 @pytest.mark.parametrize("cause", CAUSES, ids=lambda cause: cause.id)
 def test_recipe_settings_match_the_fixes(cause, framework):
     recipe = cause.recipe(framework)
@@ -53,8 +53,8 @@ def test_unknown_fix_and_framework_name_the_valid_ones():
 
 def test_framework_aliases():
     cause = nanlab.get_cause("high-learning-rate")
-    assert cause.check_framework("PyTorch") == "torch"
-    assert cause.check_framework("keras") == "tensorflow"
+    assert cause.framework("PyTorch").name == "torch"
+    assert cause.framework("keras").name == "tensorflow"
 
 
 def test_judge_learning_needs_finite_falling_loss_and_score():

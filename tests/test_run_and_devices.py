@@ -8,6 +8,7 @@ import pytest
 
 import nanlab
 from nanlab.devices import resolve_device
+from nanlab.frameworks import get_framework, list_frameworks
 from nanlab.seeding import seed_everything
 
 
@@ -22,9 +23,11 @@ def test_run_to_dict_is_json_even_with_nan():
 
 
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
-def test_auto_is_cpu_without_a_gpu(framework):
-    assert resolve_device("auto", framework) in ("cpu", "cuda")
+def test_auto_is_the_gpu_when_the_framework_sees_one_else_the_cpu(framework):
+    sees_gpu = get_framework(framework).backend.has_gpu()
+    assert resolve_device("auto", framework) == ("cuda" if sees_gpu else "cpu")
     assert resolve_device("cpu", framework) == "cpu"
+    assert resolve_device("GPU" if sees_gpu else "CPU", framework) == ("cuda" if sees_gpu else "cpu")
 
 
 def test_cuda_asked_for_but_absent_is_one_clear_line():
@@ -73,3 +76,30 @@ def test_steps_must_be_positive():
     with pytest.raises(nanlab.NanlabError, match="positive"):
         nanlab.reproduce("high-learning-rate", steps=0)
     assert math.isfinite(nanlab.reproduce("high-learning-rate", "torch", "cpu", fix="lower-lr", steps=2).losses[-1])
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_bad_seed_is_one_clear_line(seed):
+    with pytest.raises(nanlab.NanlabError, match=r"seed must be an integer in 0\.\.4294967295") as raised:
+        nanlab.reproduce("high-learning-rate", seed=seed, steps=1)
+    assert "\n" not in str(raised.value)
+
+
+def test_each_framework_is_one_object_resolved_from_its_aliases():
+    names = {framework.name: framework for framework in list_frameworks()}
+    assert list(names) == ["torch", "tensorflow"]
+    for alias in ("torch", "PyTorch", "pytorch"):
+        assert get_framework(alias) is names["torch"]
+    for alias in ("tensorflow", "tf", "Keras"):
+        assert get_framework(alias) is names["tensorflow"]
+    assert names["torch"].notebook(1, "x") == "notebooks/pytorch/01-x.ipynb"
+    with pytest.raises(nanlab.NanlabError, match="valid frameworks: torch, tensorflow"):
+        get_framework("jax")
+
+
+def test_a_missing_framework_is_an_install_hint_not_a_traceback(monkeypatch):
+    framework = get_framework("torch")
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without torch looks like to import
+    monkeypatch.delitem(sys.modules, "nanlab.frameworks.torch.loop", raising=False)
+    with pytest.raises(nanlab.NanlabError, match=r"PyTorch is not installed; install it with: pip install"):
+        framework.loop

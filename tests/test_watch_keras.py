@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 import nanlab  # noqa: E402
-from nanlab import keras_loop  # noqa: E402
-from nanlab.keras_loop import keras, tf  # noqa: E402
+from nanlab.frameworks.tensorflow import loop as keras_loop  # noqa: E402
+from nanlab.frameworks.tensorflow.loop import keras, tf  # noqa: E402
 from nanlab.seeding import seed_everything  # noqa: E402
 
 BATCH = 16

@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import nanlab  # noqa: E402
-from nanlab import torch_loop  # noqa: E402
+from nanlab.frameworks.torch import loop as torch_loop  # noqa: E402
 from nanlab.report import PHASES  # noqa: E402
 from nanlab.seeding import seed_everything  # noqa: E402
 

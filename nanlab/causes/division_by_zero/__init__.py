@@ -37,6 +37,7 @@ CAUSE = Cause(
         Fix("where-guard", "where(count == 0, 0, sum / count): finite forward, but the gradient of sum / count is "
             "still 0/0 = NaN", hides_problem=True, still_nonfinite=True),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=100,
     score_name="held-out accuracy",
     pass_score=0.8,

@@ -2,7 +2,7 @@
 where() trap."""
 from nanlab.causes.division_by_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
                                             make_data)
-from nanlab.keras_loop import Training, accuracy, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
 
 
 def make_model() -> keras.Model:

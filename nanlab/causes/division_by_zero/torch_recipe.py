@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from nanlab.causes.division_by_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
                                             make_data)
-from nanlab.torch_loop import Training, accuracy, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 
 def make_model() -> nn.Module:

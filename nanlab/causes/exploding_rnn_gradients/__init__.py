@@ -32,6 +32,7 @@ CAUSE = Cause(
                               "(torch clip_grad_norm_, Keras global_clipnorm)"),
         Fix("gru", "a gated cell (GRU) instead of the vanilla RNN, default initialisation, SGD at 0.1"),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=100,
     score_name="held-out accuracy",
     pass_score=0.85,

@@ -1,7 +1,7 @@
 """Exploding RNN gradients in TensorFlow/Keras: the broken setting and its fixes."""
 from nanlab.causes.exploding_rnn_gradients import (BATCH_SIZE, GRU_LR, HIDDEN_UNITS, LR, MAX_GRAD_NORM, SEQ_LEN,
                                                    SPECTRAL_RADIUS, make_data, recurrent_matrix)
-from nanlab.keras_loop import Training, accuracy, gradient_norm, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, gradient_norm, keras, minibatches, tf
 
 
 class CompiledForward(keras.Model):

@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from nanlab.causes.exploding_rnn_gradients import (BATCH_SIZE, GRU_LR, HIDDEN_UNITS, LR, MAX_GRAD_NORM,
                                                    SPECTRAL_RADIUS, make_data, recurrent_matrix)
-from nanlab.torch_loop import Training, accuracy, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 
 class SequenceClassifier(nn.Module):

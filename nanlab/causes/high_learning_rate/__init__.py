@@ -23,6 +23,7 @@ CAUSE = Cause(
         Fix("clip-grad-norm", "the same high rate, gradients clipped to global norm 0.25"),
         Fix("lr-finder", "an LR range test picks the rate"),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=60,
     score_name="held-out accuracy",
     pass_score=0.8,

@@ -1,7 +1,7 @@
 """High learning rate in TensorFlow/Keras: the broken setting and its fixes."""
 from nanlab.causes.high_learning_rate import (BATCH_SIZE, BROKEN_LR, HIDDEN_UNITS, MAX_GRAD_NORM, NUM_CLASSES,
                                               NUM_FEATURES, SANE_LR, make_data)
-from nanlab.keras_loop import Training, accuracy, keras, lr_range_test, minibatches
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, lr_range_test, minibatches
 
 
 def make_model() -> keras.Model:

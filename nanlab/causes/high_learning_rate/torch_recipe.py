@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from nanlab.causes.high_learning_rate import (BATCH_SIZE, BROKEN_LR, HIDDEN_UNITS, MAX_GRAD_NORM, NUM_CLASSES,
                                               NUM_FEATURES, SANE_LR, make_data)
-from nanlab.torch_loop import Training, accuracy, lr_range_test, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, lr_range_test, minibatches
 
 
 def make_model() -> nn.Module:

@@ -37,6 +37,7 @@ CAUSE = Cause(
         Fix("drop-bad-labels", "validate the labels before training and drop the offending samples"),
         Fix("remap-labels", "remap the label values to contiguous ids 0..K-1 (the model gets K outputs)"),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=60,
     score_name="held-out accuracy",
     pass_score=0.8,

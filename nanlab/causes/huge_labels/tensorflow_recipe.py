@@ -4,7 +4,7 @@ import numpy as np
 from nanlab.causes.huge_labels import (BATCH_SIZE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES, REGRESSION_LR,
                                        drop_bad_labels, make_data, make_regression_data, r_squared, remap_labels)
 from nanlab.data import Dataset
-from nanlab.keras_loop import Training, accuracy, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
 
 # CPU: "Received a label value of 8000 which is outside the valid range of [0, 5)". On GPU TensorFlow does not
 # check: the loss and gradient rows of that sample are NaN (per the TF docs), and the loop records non-finite.

@@ -7,9 +7,9 @@ from torch.nn import functional as F
 from nanlab.causes.huge_labels import (BATCH_SIZE, CAUSE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
                                        REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, r_squared,
                                        remap_labels)
-from nanlab.causes.huge_labels.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
+from nanlab.frameworks.torch.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
 from nanlab.data import Dataset
-from nanlab.torch_loop import Training, accuracy, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 # CPU: F.cross_entropy checks the target and raises IndexError("Target 8000 is out of bounds.") (torch 2.13).
 EXPECTED_ERRORS = (IndexError, DeviceSideAssertError)

@@ -37,6 +37,7 @@ CAUSE = Cause(
         Fix("float64", "the same loss in float64: the underflow only moves from a logit gap of ~104 to ~745",
             hides_problem=True, still_nonfinite=True),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=200,
     score_name="held-out accuracy",
     pass_score=0.8,

@@ -2,7 +2,7 @@
 fixes."""
 from nanlab.causes.log_of_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LOG_FLOOR, LR, MIN_PROB, NUM_CLASSES,
                                        NUM_FEATURES, make_data)
-from nanlab.keras_loop import Training, accuracy, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
 
 
 def make_model(dtype: str = "float32") -> keras.Model:

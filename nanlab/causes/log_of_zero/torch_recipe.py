@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from nanlab.causes.log_of_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LOG_FLOOR, LR, MIN_PROB, NUM_CLASSES,
                                        NUM_FEATURES, make_data)
-from nanlab.torch_loop import Training, accuracy, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 
 def make_model() -> nn.Module:

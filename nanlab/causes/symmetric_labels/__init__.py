@@ -30,6 +30,7 @@ CAUSE = Cause(
         Fix("wrapping-gather", "a hand-written log_probs[range(n), y] loss: -1 wraps to the last class, the error "
                                "goes away, predictions for -1 come back as 2", hides_problem=True),
     ),
+    frameworks=("torch", "tensorflow"),
     steps=60,
     score_name="held-out accuracy against the labels as given",
     pass_score=0.8,

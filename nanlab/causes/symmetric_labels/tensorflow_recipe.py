@@ -4,7 +4,7 @@ import numpy as np
 from nanlab.causes.symmetric_labels import (BATCH_SIZE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES, make_data,
                                             map_labels)
 from nanlab.data import Dataset
-from nanlab.keras_loop import Training, accuracy, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
 
 # CPU: "Received a label value of -1 which is outside the valid range of [0, 3)". On GPU TensorFlow does not
 # check: that sample's loss and gradient rows are NaN (per the TF docs), and the loop records non-finite.

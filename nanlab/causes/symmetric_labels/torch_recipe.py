@@ -4,11 +4,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanlab.causes.huge_labels.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
+from nanlab.frameworks.torch.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
 from nanlab.causes.symmetric_labels import (BATCH_SIZE, CAUSE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
                                             make_data, map_labels)
 from nanlab.data import Dataset
-from nanlab.torch_loop import Training, accuracy, minibatches
+from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 # CPU: F.cross_entropy raises IndexError("Target -1 is out of bounds.") (torch 2.13).
 EXPECTED_ERRORS = (IndexError, DeviceSideAssertError)

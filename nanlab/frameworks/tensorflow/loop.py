@@ -8,31 +8,23 @@ without touching them; clipping and schedules, when a fix asks for them, are the
 """
 from __future__ import annotations
 
-import os
-
-# Before TensorFlow loads: keep its C++ info logs off stderr, and turn off oneDNN's reordered float sums so that
-# CPU results do not depend on the processor's instruction set.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from nanlab.data import minibatch_indices
+from nanlab.frameworks.tensorflow.backend import keras, on_device, tf  # noqa: F401 (re-exported for recipes and notebooks)
 from nanlab.lr_range import RangeTestTracker
 from nanlab.run import History
+from nanlab.training import Training as BaseTraining
 
 Batch = tuple[tf.Tensor, tf.Tensor]
-TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 
 
 @dataclass
-class Training:
-    """Everything one training run needs; a cause's recipe builds one per setting."""
+class Training(BaseTraining):
+    """A Keras training run: ``loss_fn(y_true, y_pred)``; clipping and schedules are the optimizer's own."""
 
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
@@ -50,11 +42,6 @@ class Training:
             self.compiled_update = tf.function(lambda grads: self.optimizer.apply(grads, variables))
         self.compiled_update(gradients)
 
-
-
-def on_device(device: str):
-    """The TensorFlow device scope for ``"cpu"`` or ``"cuda"``."""
-    return tf.device(TF_DEVICES[device])
 
 
 def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:

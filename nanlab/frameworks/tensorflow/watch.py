@@ -22,7 +22,7 @@ import numpy as np
 from tensorflow.python.framework import op_callbacks
 
 from nanlab.errors import NanlabError, NonFiniteError
-from nanlab.keras_loop import keras, tf
+from nanlab.frameworks.tensorflow.backend import keras, tf
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
 from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem, symmetric_labels
 
@@ -382,3 +382,8 @@ def _nonfinite_rows(tensors, batch: int) -> list[int]:
         flat = tf.reshape(tf.convert_to_tensor(tensor), (batch, -1))
         rows.update(tf.where(~tf.reduce_all(tf.math.is_finite(flat), axis=1))[:, 0].numpy().tolist())
     return sorted(rows)
+
+
+def watch(model, optimizer=None, loss_fn=None, training=None) -> KerasWatch:
+    """``nanlab.watch`` for a ``keras.Model`` (or a nanlab ``Training``)."""
+    return KerasWatch(model, optimizer, loss_fn, training=training)

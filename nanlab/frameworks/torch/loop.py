@@ -6,7 +6,6 @@ the plain ``torch.nn.utils.clip_grad_norm_`` call a user would write.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -18,13 +17,14 @@ from torch import nn
 from nanlab.data import minibatch_indices
 from nanlab.lr_range import RangeTestTracker
 from nanlab.run import History
+from nanlab.training import Training as BaseTraining
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
-class Training:
-    """Everything one training run needs; a cause's recipe builds one per setting."""
+class Training(BaseTraining):
+    """A PyTorch training run: ``loss_fn(output, target)``; optional global-norm clipping and an LR schedule."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -33,12 +33,6 @@ class Training:
     evaluate: Callable[[nn.Module], float]
     max_grad_norm: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-
-
-
-def on_device(device: str) -> contextlib.AbstractContextManager:
-    """PyTorch places tensors explicitly, so there is no device scope to enter."""
-    return contextlib.nullcontext()
 
 
 def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:

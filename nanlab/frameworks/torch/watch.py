@@ -34,7 +34,7 @@ class Watch:
     """Context manager around a PyTorch training loop; see the module docstring.
 
     Give it the model, and the optimizer and loss function for a full report. Use ``watch.loss_fn`` in place of
-    your loss function (or pass a ``nanlab.torch_loop.Training``, whose ``loss_fn`` is swapped for the duration):
+    your loss function (or pass a ``nanlab.frameworks.torch.loop.Training``, whose ``loss_fn`` is swapped for the duration):
     it records the targets so that the replay can recompute the loss and name the bad samples.
     """
 
@@ -328,3 +328,8 @@ def _bad_loss_samples(loss_fn, output, target, batch: int | None) -> list[int]:
 
 def _num_classes(output: torch.Tensor) -> int | None:
     return output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() >= 2 else None
+
+
+def watch(model, optimizer=None, loss_fn=None, training=None) -> Watch:
+    """``nanlab.watch`` for a ``torch.nn.Module`` (or a nanlab ``Training``)."""
+    return Watch(model, optimizer, loss_fn, training=training)

@@ -12,7 +12,7 @@ import sys
 CHILD = """
 import sys, importlib, torch
 from nanlab.seeding import seed_everything
-from nanlab.torch_loop import train
+from nanlab.frameworks.torch.loop import train
 recipe = importlib.import_module(sys.argv[1])
 seed, steps = int(sys.argv[2]), int(sys.argv[3])
 seed_everything(seed, "torch")

@@ -1,0 +1,13 @@
+"""TensorFlow/Keras: declared here without importing TensorFlow; ``backend``, ``loop``, ``watch`` and ``replay`` do."""
+from nanlab.frameworks import Framework
+
+FRAMEWORK = Framework(
+    name="tensorflow",
+    title="TensorFlow/Keras",
+    aliases=("tf", "keras"),
+    notebook_folder="tensorflow",
+    install_hint="pip install 'nanlab[tensorflow]'",
+    root_modules=("tensorflow", "keras", "tf_keras"),
+    watchable="a keras.Model",
+    package=__name__,
+)

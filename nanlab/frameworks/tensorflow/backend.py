@@ -1,0 +1,38 @@
+"""TensorFlow/Keras imported the quiet way, and its seeding, devices and version behind the backend names.
+
+Import ``tf`` and ``keras`` from here: the environment is set before TensorFlow loads, so that its C++ info logs
+stay off stderr and oneDNN's reordered float sums do not make CPU results depend on the processor.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
+
+
+def seed(value: int) -> None:
+    keras.utils.set_random_seed(value)  # Python, NumPy and the TensorFlow backend
+
+
+def has_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def on_device(device: str):
+    """The TensorFlow device scope for ``"cpu"`` or ``"cuda"``."""
+    return tf.device(TF_DEVICES[device])
+
+
+def version() -> str:
+    return f"tensorflow {tf.__version__}, keras {keras.__version__}"
+
+
+def capabilities(device: str) -> dict[str, bool]:
+    """What ``device`` can run: float16/bfloat16 (Keras mixed policies) and XLA (``jit_compile=True``)."""
+    return {"float16": True, "bfloat16": True, "xla": True}

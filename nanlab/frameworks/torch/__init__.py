@@ -1,0 +1,14 @@
+"""PyTorch: declared here without importing torch; ``backend``, ``loop``, ``watch`` and ``replay`` do."""
+from nanlab.frameworks import Framework
+
+FRAMEWORK = Framework(
+    name="torch",
+    title="PyTorch",
+    aliases=("pytorch",),
+    notebook_folder="pytorch",
+    # pinned: a looser range makes pip fetch the newest CUDA build (several GB) onto a CPU machine
+    install_hint="pip install 'nanlab[torch]'",
+    root_modules=("torch",),
+    watchable="a torch.nn.Module",
+    package=__name__,
+)

@@ -1,0 +1,30 @@
+"""PyTorch's seeding, devices and version, behind the same names every framework backend has."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def seed(value: int) -> None:
+    torch.manual_seed(value)  # seeds every CUDA device too
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def on_device(device: str) -> contextlib.AbstractContextManager:
+    """PyTorch places tensors explicitly, so there is no device scope to enter."""
+    return contextlib.nullcontext()
+
+
+def version() -> str:
+    return f"torch {torch.__version__}"
+
+
+def capabilities(device: str) -> dict[str, bool]:
+    """What ``device`` (``cpu`` or ``cuda``) can run: float16 and bfloat16 autocast."""
+    if device == "cuda":
+        return {"float16": True, "bfloat16": torch.cuda.is_bf16_supported()}
+    return {"float16": True, "bfloat16": True}  # CPU autocast supports both (slowly), which is what the demos use
