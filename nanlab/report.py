@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from nanlab.evidence import listed
+
 PHASES = ("data", "forward", "loss", "backward", "optimizer update")
 RECURRENT_HINTS = ("rnn", "lstm", "gru", "recurrent", "cell")
 GROWTH_FACTOR = 100.0  # gradient norm growth over the recorded steps that counts as "exploding"
@@ -117,7 +119,7 @@ class NonFiniteReport:
         elif len(self.samples) == 1 and self.phase != "data":
             first += f"; sample {self.samples[0]} of the batch carries it"
         elif self.samples and self.phase != "data":
-            first += f"; samples {_list(self.samples)} of the batch carry it"
+            first += f"; samples {listed(self.samples)} of the batch carry it"
         if self.cause:
             notebook = f" (see {self.cause_notebook})" if self.cause_notebook else ""
             second = f"Likely cause: {self.cause}{notebook}, because {self.cause_reason}"
@@ -131,11 +133,6 @@ class NonFiniteReport:
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-def _list(indices: list[int], limit: int = 8) -> str:
-    shown = ", ".join(str(index) for index in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 def gradient_growth(grad_norms: list[float]) -> float | None:

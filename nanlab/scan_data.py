@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanlab.errors import NanlabError
+from nanlab.evidence import HUGE_TARGET_SCALE, UNNORMALISED_SCALE, as_array, listed
 
-HUGE_TARGET_SCALE = 1e4  # regression targets past this make a squared error head for float32's 3e38
-UNNORMALISED_SCALE = 20.0  # |x| past this (e.g. 0-255 pixels) means the inputs were not standardised
-MAX_LISTED = 8
 
 
 @dataclass
@@ -68,40 +66,14 @@ def scan(x, y=None, num_classes: int | None = None, progress: bool = True) -> Sc
         batches = _progress(x, progress)
         for batch in batches:
             bx, by = _split_batch(batch)
-            scanner.add(_array(bx, "x"), None if by is None else _array(by, "y"))
+            scanner.add(as_array(bx, "x"), None if by is None else as_array(by, "y"))
     else:
-        ax = _array(x, "x")
-        ay = None if y is None else _array(y, "y")
+        ax = as_array(x, "x")
+        ay = None if y is None else as_array(y, "y")
         if ay is not None and len(ay) != len(ax):
             raise NanlabError(f"x and y must have the same number of samples, got {len(ax)} and {len(ay)}")
         scanner.add(ax, ay)
     return scanner.finish()
-
-
-def label_problem(y, num_classes: int | None) -> tuple[str, list[int]] | None:
-    """For class labels ``y``: a phrase naming what is wrong and the offending indices, or None when they are fine."""
-    labels = _array(y, "y")
-    if labels.ndim > 1:
-        if labels.shape[1:] != (1,) * (labels.ndim - 1):
-            return None  # one-hot or per-position targets: not class ids
-        labels = labels.reshape(-1)
-    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
-        return None
-    bad = labels < 0
-    if num_classes is not None:
-        bad |= labels >= num_classes
-    if not bad.any():
-        return None
-    indices = np.flatnonzero(bad).tolist()
-    valid = f"0..{num_classes - 1}" if num_classes is not None else "non-negative ids"
-    values = ", ".join(f"{labels[i]:g}" for i in indices[:MAX_LISTED])
-    return f"labels outside {valid} (label {values} at sample {', '.join(map(str, indices[:MAX_LISTED]))})", indices
-
-
-def symmetric_labels(y) -> bool:
-    """True when the targets are a -1/+1 encoding (values in {-1, 0, 1}, with some -1): what log losses cannot take."""
-    values = np.unique(_array(y, "y"))
-    return bool(values.size) and set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values
 
 
 class _Scanner:
@@ -161,9 +133,9 @@ class _Scanner:
         findings = report.findings
         if report.nonfinite_samples:
             findings.append(f"non-finite inputs in {len(report.nonfinite_samples)} samples "
-                            f"({_listed(report.nonfinite_samples)}), features {_listed(report.nonfinite_features)}")
+                            f"({listed(report.nonfinite_samples)}), features {listed(report.nonfinite_features)}")
         if self.nonfinite_labels:
-            findings.append(f"non-finite targets in samples {_listed(self.nonfinite_labels)}")
+            findings.append(f"non-finite targets in samples {listed(self.nonfinite_labels)}")
         classification = self.classification or (self.y_is_integer and report.y_max_abs is not None)
         if classification:
             problems = [("negative labels", self.negative),
@@ -172,7 +144,7 @@ class _Scanner:
             for text, indices in problems:
                 if indices:
                     report.label_problems.append(text)
-                    findings.append(f"{text} in samples {_listed(indices)}")
+                    findings.append(f"{text} in samples {listed(indices)}")
             report.bad_label_samples = sorted(set(self.negative) | set(self.out_of_range)
                                               | set(self.fractional if self.classification else []))
         elif report.huge_targets:
@@ -181,13 +153,8 @@ class _Scanner:
             findings.append(f"inputs far from normalised (values in [{report.x_min:g}, {report.x_max:g}]); "
                             "standardise them")
         if report.zero_rows:
-            findings.append(f"{len(report.zero_rows)} all-zero samples ({_listed(report.zero_rows)})")
+            findings.append(f"{len(report.zero_rows)} all-zero samples ({listed(report.zero_rows)})")
         return report
-
-
-def _listed(indices: list[int]) -> str:
-    shown = ", ".join(str(i) for i in indices[:MAX_LISTED])
-    return shown + (f" and {len(indices) - MAX_LISTED} more" if len(indices) > MAX_LISTED else "")
 
 
 def _is_stream(value) -> bool:
@@ -213,28 +180,3 @@ def _split_batch(batch):
             raise NanlabError(f"scan streams need (x,) or (x, y) batches, got a tuple of {len(batch)}")
         return batch[0], batch[1] if len(batch) > 1 else None
     return batch, None
-
-
-def _to_numpy(value):
-    if hasattr(value, "detach"):  # torch
-        return value.detach().cpu().numpy()
-    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # TensorFlow eager tensor
-        return value.numpy()
-    return value
-
-
-def _array(value, name: str) -> np.ndarray:
-    """``value`` as a numeric NumPy array with a sample axis, or a one-line NanlabError saying what is valid."""
-    value = _to_numpy(value)
-    if isinstance(value, (list, tuple)):
-        lengths = {np.shape(item) for item in value}
-        if len(lengths) > 1:
-            raise NanlabError(f"{name} is ragged (samples of shapes {sorted(lengths)[:3]}); pad it or pass an array")
-    array = np.asarray(value)
-    if array.dtype.kind == "b":
-        array = array.astype(np.int64)
-    if array.dtype.kind not in "iuf":
-        raise NanlabError(f"{name} must be numeric (int or float), got dtype {array.dtype}")
-    if array.ndim == 0:
-        raise NanlabError(f"{name} must have a sample axis (shape (num_samples, ...)), got a scalar")
-    return array

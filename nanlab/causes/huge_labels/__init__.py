@@ -6,7 +6,7 @@ order 1e10 under MSE make the residuals, and so the gradients, so large that SGD
 """
 import numpy as np
 
-from nanlab.causes.huge_labels.labels import apply_encoding, check_labels, encode_labels, find_bad_labels
+from nanlab.evidence import apply_encoding, check_labels, encode_labels, find_bad_labels
 from nanlab.data import Dataset, make_blobs
 from nanlab.registry import Cause, Fix
 

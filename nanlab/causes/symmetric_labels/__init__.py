@@ -4,7 +4,7 @@ Sparse cross-entropy uses the label as an index, so -1 behaves like any out-of-r
 device-side assert). Written by hand as ``log_probs[range(n), y]``, -1 silently indexes the *last* class: no error,
 no NaN, and predictions for class -1 come back as 2.
 """
-from nanlab.causes.huge_labels.labels import apply_encoding, encode_labels
+from nanlab.evidence import apply_encoding, encode_labels
 from nanlab.data import Dataset, make_blobs
 from nanlab.registry import Cause, Fix
 

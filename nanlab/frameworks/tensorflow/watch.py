@@ -24,7 +24,7 @@ from tensorflow.python.framework import op_callbacks
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.frameworks.tensorflow.backend import keras, tf
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem, symmetric_labels
+from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, symmetric_labels
 
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
 FILL_OPS = {"SelectV2", "Select", "Fill", "TensorScatterUpdate"}

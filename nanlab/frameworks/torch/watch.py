@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.scan_data import HUGE_TARGET_SCALE, label_problem, symmetric_labels
+from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, symmetric_labels
 
 LOSS_PATH = "loss"
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
