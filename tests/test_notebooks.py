@@ -22,6 +22,7 @@ def _code(notebook) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_notebook_conventions(path):
     notebook = nbformat.read(path, as_version=4)
+    assert notebook.metadata.get("kernelspec", {}).get("name") == "python3", "kernelspec: JupyterLab must not ask"
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     tagged = [cell for cell in code_cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"

@@ -2,9 +2,10 @@
 
 Usage: python tools/execute_notebooks.py notebooks/pytorch/01-high-learning-rate.ipynb [...]
 
-Each notebook runs with its own folder as the working directory. Afterwards the ``<Figure size …>`` text that
-matplotlib's inline backend puts beside every image is dropped (the image is the output; the text is noise that
-names nothing a reader needs).
+Each notebook runs with its own folder as the working directory and is saved with the ``python3`` kernelspec, so
+that JupyterLab opens it without asking for a kernel. Afterwards the ``<Figure size …>`` text that matplotlib's
+inline backend puts beside every image is dropped (the image is the output; the text is noise that names nothing
+a reader needs).
 """
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import time
 import nbformat
 from nbclient import NotebookClient
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
 
 def execute(path: pathlib.Path, timeout: int = 600) -> float:
     notebook = nbformat.read(path, as_version=4)
+    notebook.metadata["kernelspec"] = dict(KERNELSPEC)
     started = time.perf_counter()
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
