@@ -25,7 +25,10 @@ class NonFiniteReport:
     the module/layer path and ``op`` the operation (e.g. ``head`` / ``log``) where a finite input first gave a
     non-finite output; ``parameter`` is the first parameter whose gradient went non-finite (or whose update did);
     ``samples`` are the batch indices that carry the problem. ``cause`` is a catalogue id or None, with
-    ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak). ``grad_norms`` is the history
+    ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak). Under torch.distributed,
+    ``rank`` is the rank whose evidence the report gives and ``ranks`` every rank where the first non-finite value
+    appeared; with gradient accumulation, ``micro_batch`` is the micro-batch of the update (from 0) that carries
+    it (None when the update had one). ``grad_norms`` is the history
     of ``norm_name`` per healthy step: the gradient norm (PyTorch) or the update norm (Keras, whose ``fit`` exposes
     no gradients).
     """
@@ -56,6 +59,8 @@ class NonFiniteReport:
     loss_scale: float | None = None
     skipped_in_a_row: int = 0
     rank: int | None = None
+    ranks: list[int] = field(default_factory=list)
+    micro_batch: int | None = None
     cause: str | None = None
     cause_reason: str = ""
     cause_notebook: str | None = None
