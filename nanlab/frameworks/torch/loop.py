@@ -24,7 +24,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Training(BaseTraining):
-    """A PyTorch training run: ``loss_fn(output, target)``; optional global-norm clipping and an LR schedule."""
+    """A PyTorch training run: ``loss_fn(output, target)``; optional global-norm clipping, an LR schedule and a
+    mixed-precision loss scaler (``torch.amp.GradScaler``).
+
+    With a ``scaler`` the step is the AMP recipe from the PyTorch docs: backward on the scaled loss, ``unscale_``
+    (so the recorded norm and any clipping see true gradients), ``scaler.step``, ``scaler.update``. A step the
+    scaler skips has non-finite gradients, so ``train`` stops there like at any other non-finite step.
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -33,6 +39,7 @@ class Training(BaseTraining):
     evaluate: Callable[[nn.Module], float]
     max_grad_norm: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
 
 
 def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:
@@ -62,15 +69,23 @@ def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
 
 def train_step(training: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns the loss and the global gradient norm (before any clipping)."""
-    model, optimizer = training.model, training.optimizer
+    model, optimizer, scaler = training.model, training.optimizer, training.scaler
     optimizer.zero_grad()
     loss = training.loss_fn(model(x), y)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
     parameters = [p for p in model.parameters() if p.requires_grad]
     norm = gradient_norm(parameters)
     if training.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when the unscaled gradients hold Inf/NaN
+        scaler.update()
     if training.scheduler is not None:
         training.scheduler.step()
     return loss, norm
