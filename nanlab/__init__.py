@@ -34,8 +34,11 @@ def watch(model, optimizer=None, loss_fn=None, **options):
     return framework.module("watch").watch(model, optimizer, loss_fn, training=training, **options)
 
 
-def scan(x, y=None, num_classes=None, progress=True):
-    """Find non-finite values, bad labels, unnormalised inputs, all-zero rows, huge targets (``nanlab.scan_data.scan``)."""
+def scan(x, y=None, num_classes=None, progress=True, ignore_index=-100):
+    """Find non-finite values, bad labels, unnormalised inputs, all-zero rows, huge targets (``nanlab.scan_data.scan``).
+
+    ``ignore_index`` (PyTorch's default, -100) marks label positions that are padding, not bad labels.
+    """
     from nanlab.scan_data import scan as scan_data
 
-    return scan_data(x, y, num_classes, progress)
+    return scan_data(x, y, num_classes, progress, ignore_index)

@@ -10,12 +10,15 @@ assert (PyTorch), or, in a hand-written ``log_probs[range(n), y]``, silently wra
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from nanlab.errors import NanlabError
 
 HUGE_TARGET_SCALE = 1e4  # regression targets past this make a squared error head for float32's 3e38
 UNNORMALISED_SCALE = 20.0  # |x| past this (e.g. 0-255 pixels) means the inputs were not standardised
+IGNORE_INDEX = -100  # PyTorch's cross_entropy/nll_loss default: label positions the loss skips (padding)
 MAX_LISTED = 8
 
 
@@ -49,30 +52,94 @@ def as_array(value, name: str) -> np.ndarray:
     return array
 
 
-def label_problem(y, num_classes: int | None) -> tuple[str, list[int]] | None:
-    """For class labels ``y``: a phrase naming what is wrong and the offending indices, or None when they are fine."""
-    labels = as_array(y, "y")
-    if labels.ndim > 1:
-        if labels.shape[1:] != (1,) * (labels.ndim - 1):
-            return None  # one-hot or per-position targets: not class ids
-        labels = labels.reshape(-1)
-    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
-        return None
-    bad = labels < 0
+@dataclass(frozen=True)
+class LabelFindings:
+    """What is wrong with class labels, per sample (indices count samples from 0; a sample with per-position labels,
+    e.g. a token sequence, is bad when any position is).
+
+    ``padding`` are the samples holding ``ignore_index`` positions: padding the loss skips, not an error.
+    ``symmetric`` is True for a -1/+1 (or -1/0/+1) encoding, padding aside.
+    """
+
+    num_classes: int | None
+    ignore_index: int | None
+    negative: tuple[int, ...] = ()
+    out_of_range: tuple[int, ...] = ()
+    non_integer: tuple[int, ...] = ()
+    nonfinite: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    symmetric: bool = False
+    bad_values: tuple[float, ...] = ()
+
+    @property
+    def bad(self) -> list[int]:
+        """Every sample with a label the loss cannot take, sorted."""
+        return sorted(set(self.negative) | set(self.out_of_range) | set(self.non_integer) | set(self.nonfinite))
+
+    def problems(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``(what, samples)`` for each kind of bad label found."""
+        limit = f"num_classes ({self.num_classes})"
+        kinds = [("negative labels", self.negative), (f"labels >= {limit}", self.out_of_range),
+                 ("non-integer labels", self.non_integer), ("non-finite labels", self.nonfinite)]
+        return [(what, samples) for what, samples in kinds if samples]
+
+    def phrase(self) -> str | None:
+        """One phrase for a report ("labels outside 0..4 (label 8000 at sample 3)"), or None when all are fine."""
+        bad = self.bad
+        if not bad:
+            return None
+        valid = f"0..{self.num_classes - 1}" if self.num_classes is not None else "non-negative integer ids"
+        values = ", ".join(f"{value:g}" for value in self.bad_values[:MAX_LISTED])
+        return f"labels outside {valid} (label {values} at sample {listed(bad)})"
+
+
+def inspect_labels(y, num_classes: int | None = None, ignore_index: int | None = IGNORE_INDEX) -> LabelFindings:
+    """Check class labels ``y`` (shape ``(n,)``, ``(n, 1)`` or per position ``(n, ...)``) against ``0..num_classes-1``.
+
+    The one label check of nanlab: the scanner, both watches and the label recipes all ask it. Positions equal to
+    ``ignore_index`` (PyTorch's ``cross_entropy`` default, -100) are padding; pass ``ignore_index=None`` where the
+    loss has no such convention (Keras).
+    """
     if num_classes is not None:
-        bad |= labels >= num_classes
-    if not bad.any():
+        check_num_classes(num_classes)
+    labels = as_array(y, "y")
+    per_sample = labels.reshape(len(labels), -1).astype(np.float64, copy=False)
+    finite = np.isfinite(per_sample)
+    padding = per_sample == ignore_index if ignore_index is not None else np.zeros_like(finite)
+    values = np.where(finite, per_sample, 0.0)
+    checked = finite & ~padding
+    negative = checked & (values < 0)
+    out_of_range = checked & (values >= num_classes) if num_classes is not None else np.zeros_like(finite)
+    non_integer = checked & (values != np.round(values))
+    bad_positions = negative | out_of_range | non_integer | ~finite
+    present = np.unique(values[checked])
+    return LabelFindings(
+        num_classes=num_classes, ignore_index=ignore_index,
+        negative=_samples(negative), out_of_range=_samples(out_of_range), non_integer=_samples(non_integer),
+        nonfinite=_samples(~finite), padding=_samples(padding),
+        symmetric=bool(present.size) and set(present.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in present,
+        bad_values=tuple(per_sample[bad_positions].tolist()),
+    )
+
+
+def label_problem(y, num_classes: int | None, ignore_index: int | None = IGNORE_INDEX
+                  ) -> tuple[str, list[int]] | None:
+    """For the targets of one batch: a phrase naming what is wrong and the offending samples, or None when fine.
+
+    Lenient: targets that are not class ids at all (float one-hot or regression targets) are not judged here.
+    """
+    labels = as_array(y, "y")
+    if labels.dtype.kind == "f" and (labels.ndim > 1 and labels.shape[1:] != (1,) * (labels.ndim - 1)
+                                     or not np.all(np.isfinite(labels) & (labels == np.round(labels)))):
         return None
-    indices = np.flatnonzero(bad).tolist()
-    valid = f"0..{num_classes - 1}" if num_classes is not None else "non-negative ids"
-    values = ", ".join(f"{labels[i]:g}" for i in indices[:MAX_LISTED])
-    return f"labels outside {valid} (label {values} at sample {', '.join(map(str, indices[:MAX_LISTED]))})", indices
+    findings = inspect_labels(labels, num_classes, ignore_index)
+    phrase = findings.phrase()
+    return (phrase, findings.bad) if phrase else None
 
 
-def symmetric_labels(y) -> bool:
+def symmetric_labels(y, ignore_index: int | None = IGNORE_INDEX) -> bool:
     """True when the targets are a -1/+1 encoding (values in {-1, 0, 1}, with some -1): what log losses cannot take."""
-    values = np.unique(as_array(y, "y"))
-    return bool(values.size) and set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values
+    return inspect_labels(y, None, ignore_index).symmetric
 
 
 def find_bad_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -80,13 +147,8 @@ def find_bad_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(y)
     if labels.ndim != 1:
         raise NanlabError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise NanlabError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if labels.dtype.kind not in "biuf":
-        raise NanlabError(f"labels must be numeric class ids, got dtype {labels.dtype}")
-    with np.errstate(invalid="ignore"):
-        good = (labels >= 0) & (labels < num_classes) & (labels == np.floor(labels))
-    return np.flatnonzero(~good)
+    check_num_classes(num_classes)
+    return np.asarray(inspect_labels(labels, num_classes, ignore_index=None).bad, dtype=np.int64)
 
 
 def check_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -94,11 +156,21 @@ def check_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
     bad = find_bad_labels(y, num_classes)
     labels = np.asarray(y)
     if bad.size:
-        listed = ", ".join(f"{index} (label {labels[index]:g})" for index in bad[:MAX_LISTED])
+        shown = ", ".join(f"{index} (label {labels[index]:g})" for index in bad[:MAX_LISTED])
         more = f" and {bad.size - MAX_LISTED} more" if bad.size > MAX_LISTED else ""
         raise NanlabError(f"{bad.size} of {labels.size} labels are not class ids in 0..{num_classes - 1}: "
-                          f"sample {listed}{more}; remap them (encode_labels) or drop those samples")
+                          f"sample {shown}{more}; remap them (encode_labels) or drop those samples")
     return labels.astype(np.int64)
+
+
+def check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise NanlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _samples(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(np.flatnonzero(mask.any(axis=1)).tolist())
 
 
 def encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

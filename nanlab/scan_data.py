@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanlab.errors import NanlabError
-from nanlab.evidence import HUGE_TARGET_SCALE, UNNORMALISED_SCALE, as_array, listed
-
-
+from nanlab.evidence import (HUGE_TARGET_SCALE, IGNORE_INDEX, UNNORMALISED_SCALE, as_array, check_num_classes,
+                             inspect_labels, listed)
 
 @dataclass
 class ScanReport:
@@ -25,9 +24,11 @@ class ScanReport:
     nonfinite_features: list[int] = field(default_factory=list)
     bad_label_samples: list[int] = field(default_factory=list)
     label_problems: list[str] = field(default_factory=list)
+    padding_samples: list[int] = field(default_factory=list)
     zero_rows: list[int] = field(default_factory=list)
     x_min: float = np.inf
     x_max: float = -np.inf
+    x_is_ids: bool = False
     y_max_abs: float | None = None
     findings: list[str] = field(default_factory=list)
 
@@ -37,7 +38,8 @@ class ScanReport:
 
     @property
     def unnormalised(self) -> bool:
-        return max(abs(self.x_min), abs(self.x_max)) > UNNORMALISED_SCALE
+        """Inputs far from unit scale. Integer ids (token or category ids for an embedding) are not a scale."""
+        return not self.x_is_ids and max(abs(self.x_min), abs(self.x_max)) > UNNORMALISED_SCALE
 
     @property
     def huge_targets(self) -> bool:
@@ -50,16 +52,21 @@ class ScanReport:
         return f"{head}: " + "; ".join(self.findings) + "."
 
 
-def scan(x, y=None, num_classes: int | None = None, progress: bool = True) -> ScanReport:
+def scan(x, y=None, num_classes: int | None = None, progress: bool = True,
+         ignore_index: int | None = IGNORE_INDEX) -> ScanReport:
     """Scan inputs ``x`` (and targets ``y``) for what makes a loss go non-finite.
 
     ``x`` is an array or tensor with samples along axis 0, or a torch DataLoader / ``tf.data.Dataset`` yielding
-    ``(x, y)`` batches (then ``y`` must be None). ``num_classes`` enables the out-of-range label check.
+    ``(x, y)`` batches (then ``y`` must be None). ``num_classes`` enables the out-of-range label check. Label
+    positions equal to ``ignore_index`` (PyTorch's default -100) are padding, counted but never called bad; pass
+    ``None`` when your loss has no such convention. Integer inputs other than ``uint8`` are read as ids for an
+    embedding (token or category ids), so their size is not called unnormalised; ``uint8`` is read as pixels.
     """
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
-                                    or num_classes < 1):
-        raise NanlabError(f"num_classes must be a positive integer or None, got {num_classes!r}")
-    scanner = _Scanner(num_classes)
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))):
+        raise NanlabError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    scanner = _Scanner(num_classes, ignore_index)
     if _is_stream(x):
         if y is not None:
             raise NanlabError("scan(loader): pass y=None; the DataLoader or tf.data.Dataset yields (x, y) batches")
@@ -79,16 +86,15 @@ def scan(x, y=None, num_classes: int | None = None, progress: bool = True) -> Sc
 class _Scanner:
     """Accumulates findings batch by batch, so a stream never needs to fit in memory."""
 
-    def __init__(self, num_classes: int | None):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int | None, ignore_index: int | None):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.report = ScanReport()
         self.bad_features: set[int] = set()
-        self.negative: list[int] = []
-        self.out_of_range: list[int] = []
-        self.fractional: list[int] = []
+        self.label_samples: dict[str, list[int]] = {}
         self.nonfinite_labels: list[int] = []
         self.classification = num_classes is not None
         self.y_is_integer = True
+        self.x_dtype_kinds: set[str] = set()
 
     def add(self, x: np.ndarray, y: np.ndarray | None) -> None:
         report, offset = self.report, self.report.num_samples
@@ -103,6 +109,7 @@ class _Scanner:
             raise NanlabError(f"every sample must have the same shape; got {flat.shape[1]} features after "
                               f"{report.num_features}")
         report.num_features = flat.shape[1]
+        self.x_dtype_kinds.add("ids" if x.dtype.kind in "iu" and x.dtype != np.uint8 else "values")
         finite = np.isfinite(flat)
         report.nonfinite_samples += (offset + np.flatnonzero(~finite.all(axis=1))).tolist()
         self.bad_features.update(np.flatnonzero(~finite.all(axis=0)).tolist())
@@ -111,19 +118,18 @@ class _Scanner:
             report.x_min = min(report.x_min, float(flat[finite].min()))
             report.x_max = max(report.x_max, float(flat[finite].max()))
         if y is not None:
-            self._add_targets(y.reshape(len(y), -1).astype(np.float64, copy=False), offset)
+            self._add_targets(y, offset)
         report.num_samples += len(x)
 
     def _add_targets(self, y: np.ndarray, offset: int) -> None:
-        finite = np.isfinite(y)
-        self.nonfinite_labels += (offset + np.flatnonzero(~finite.all(axis=1))).tolist()
-        values = np.where(finite, y, 0.0)
-        integer = values == np.round(values)
-        self.y_is_integer &= bool(integer.all())
-        self.negative += (offset + np.flatnonzero((values < 0).any(axis=1))).tolist()
-        self.fractional += (offset + np.flatnonzero(~integer.all(axis=1))).tolist()
-        if self.num_classes is not None:
-            self.out_of_range += (offset + np.flatnonzero((values >= self.num_classes).any(axis=1))).tolist()
+        labels = inspect_labels(y, self.num_classes, self.ignore_index)
+        self.nonfinite_labels += [offset + i for i in labels.nonfinite]
+        self.y_is_integer &= not labels.non_integer
+        for what, samples in labels.problems():
+            self.label_samples.setdefault(what, []).extend(offset + i for i in samples)
+        self.report.padding_samples += [offset + i for i in labels.padding]
+        values = y.astype(np.float64, copy=False)
+        values = values[np.isfinite(values) & (values != self.ignore_index if self.ignore_index is not None else True)]
         largest = float(np.abs(values).max()) if values.size else 0.0
         self.report.y_max_abs = max(self.report.y_max_abs or 0.0, largest)
 
@@ -136,17 +142,16 @@ class _Scanner:
                             f"({listed(report.nonfinite_samples)}), features {listed(report.nonfinite_features)}")
         if self.nonfinite_labels:
             findings.append(f"non-finite targets in samples {listed(self.nonfinite_labels)}")
+        report.x_is_ids = self.x_dtype_kinds == {"ids"}
         classification = self.classification or (self.y_is_integer and report.y_max_abs is not None)
         if classification:
-            problems = [("negative labels", self.negative),
-                        (f"labels >= num_classes ({self.num_classes})", self.out_of_range),
-                        ("non-integer labels", self.fractional if self.classification else [])]
-            for text, indices in problems:
-                if indices:
-                    report.label_problems.append(text)
-                    findings.append(f"{text} in samples {listed(indices)}")
-            report.bad_label_samples = sorted(set(self.negative) | set(self.out_of_range)
-                                              | set(self.fractional if self.classification else []))
+            for text, indices in self.label_samples.items():
+                if text == "non-finite labels" or (text == "non-integer labels" and not self.classification):
+                    continue  # non-finite targets are listed above; fractional ones make this regression
+                report.label_problems.append(text)
+                report.bad_label_samples += indices
+                findings.append(f"{text} in samples {listed(indices)}")
+            report.bad_label_samples = sorted(set(report.bad_label_samples))
         elif report.huge_targets:
             findings.append(f"huge target scale (max |y| = {report.y_max_abs:.3g}); standardise the targets")
         if report.unnormalised:

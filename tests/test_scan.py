@@ -93,3 +93,34 @@ def test_malformed_input_gets_one_clear_error(x, y, message):
 def test_bad_num_classes_is_rejected():
     with pytest.raises(NanlabError, match="num_classes"):
         nanlab.scan(np.zeros((2, 2)), np.zeros(2), num_classes=0)
+
+
+def test_token_ids_for_an_embedding_are_not_unnormalised_inputs():
+    rng = np.random.default_rng(2)
+    token_ids = rng.integers(0, 30000, size=(32, 16))
+    report = nanlab.scan(token_ids, rng.integers(0, 30000, size=(32, 16)), num_classes=30000)
+    assert report.x_is_ids and not report.unnormalised and report.clean, str(report)
+    pixels = rng.integers(0, 256, size=(8, 4, 4)).astype(np.uint8)
+    assert nanlab.scan(pixels).unnormalised, "uint8 is read as pixels, which do need scaling"
+    assert nanlab.scan(pixels.astype(np.float32)).unnormalised
+
+
+def test_ignore_index_padding_is_not_a_negative_label_nor_out_of_range():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 100, size=(6, 5))
+    y = rng.integers(0, 10, size=(6, 5))
+    y[1, 3:] = -100  # padded positions, as Hugging Face collators write them
+    y[4, :] = -100
+    report = nanlab.scan(x, y, num_classes=10)
+    assert report.clean, str(report)
+    assert report.padding_samples == [1, 4]
+    y[2, 0] = -1  # a real negative label beside the padding
+    report = nanlab.scan(x, y, num_classes=10)
+    assert report.bad_label_samples == [2] and report.label_problems == ["negative labels"]
+    unpadded = nanlab.scan(x, y, num_classes=10, ignore_index=None)
+    assert unpadded.bad_label_samples == [1, 2, 4], "without ignore_index, -100 is a negative label like any other"
+
+
+def test_bad_ignore_index_is_rejected():
+    with pytest.raises(NanlabError, match="ignore_index must be an integer or None"):
+        nanlab.scan(np.zeros((2, 2)), np.zeros(2), ignore_index="pad")
