@@ -1,6 +1,8 @@
 """The Keras watch: model.fit and GradientTape loops, catalogue causes, models outside the catalogue, and training
 unchanged by watching."""
+import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -57,7 +59,7 @@ def test_fit_localises_a_high_learning_rate_and_restores_the_weights(jit_compile
     with pytest.raises(nanlab.NonFiniteError) as raised:
         fit(model, 20.0, [watch], jit_compile=jit_compile)
     report = raised.value.report
-    assert report.framework == "tensorflow" and report.step == len(watch.losses) > 2
+    assert report.framework == "tensorflow" and report.step == len(watch.history.losses) > 2
     assert report.phase in ("forward", "loss") and report.cause == "high-learning-rate"
     assert all(np.isfinite(w).all() for w in model.get_weights())  # the weights from before the bad step
     assert "train_step" not in model.__dict__  # fit without the watch is untouched afterwards
@@ -68,7 +70,7 @@ def test_fit_is_bit_identical_with_and_without_the_callback():
     watch = nanlab.watch(mlp(1))
     watched = fit(watch.watched, 0.05, [watch])
     assert watched.history["loss"] == plain.history["loss"]
-    assert len(watch.losses) == 12 and all(math.isfinite(norm) for norm in watch.update_norms)
+    assert len(watch.history.losses) == 12 and all(math.isfinite(norm) for norm in watch.history.grad_norms)
 
 
 class ExpActivation(keras.layers.Layer):
@@ -95,7 +97,7 @@ def test_gradient_tape_loop_localises_exp_overflow_in_a_custom_layer():
     with pytest.raises(nanlab.NonFiniteError) as raised:
         with nanlab.watch(model, optimizer, loss_fn) as watch:
             for _ in range(3):
-                with watch.step(x, y):
+                with watch.checked_step(x, y):
                     train_step(x, y)
     report = raised.value.report
     assert (report.step, report.phase, report.module, report.op, report.value) == (0, "forward", "exp_act", "exp",
@@ -128,7 +130,7 @@ def test_gradient_tape_loop_localises_a_fully_masked_attention_row():
     inputs, y = [x, tf.constant(mask)], tf.zeros(BATCH, tf.int64)
     with pytest.raises(nanlab.NonFiniteError) as raised:
         with nanlab.watch(model, optimizer, loss_fn) as watch:
-            with watch.step(inputs, y):
+            with watch.checked_step(inputs, y):
                 with tf.GradientTape() as tape:
                     loss = watch.loss_fn(y, model(inputs, training=True))
                 grads = tape.gradient(loss, model.trainable_variables)
@@ -155,7 +157,7 @@ def test_keras_loop_is_bit_identical_with_and_without_the_watch(setting):
         with pytest.raises(nanlab.NonFiniteError):
             with watch:
                 keras_loop.train(training, 15)
-        assert watch.losses == pytest.approx(plain.losses[:plain.first_nonfinite_step], rel=1e-6)
+        assert watch.history.losses == pytest.approx(plain.losses[:plain.first_nonfinite_step], rel=1e-6)
 
 
 def test_names_huge_labels_on_its_regression_cousin():
@@ -168,3 +170,66 @@ def test_names_huge_labels_on_its_regression_cousin():
     report = raised.value.report
     assert (report.phase, report.module, report.huge_targets) == ("loss", "loss", True)
     assert report.cause == "huge-labels"
+
+
+def test_one_surface_step_history_report_and_a_json_report():
+    model = mlp(0)
+    watch = nanlab.watch(model)
+    assert (watch.step, watch.report, watch.stopped) == (0, None, False)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        fit(model, 20.0, [watch])
+    report = raised.value.report
+    assert watch.report is report and watch.step == report.step == len(watch.history.losses)
+    assert len(watch.history.grad_norms) == watch.step and watch.history.skipped_steps == []
+    assert watch.history.loss_scales == []  # no mixed precision
+    assert report.norm_name == "gradient norm" and report.grad_norms == watch.history.grad_norms
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["step"] == report.step
+    assert len(str(report)) < 450 and str(report).count(". ") <= 3, str(report)
+
+
+def test_history_holds_gradient_norms_not_update_norms():
+    """For plain SGD the update is lr * gradient, so the recorded norm is the update's divided by lr."""
+    model = mlp(1)
+    watch = nanlab.watch(model)
+    before = [w.copy() for w in model.get_weights()]
+    x, y = blobs()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
+    update = math.sqrt(sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(model.get_weights(),
+                                                                                          before)))
+    assert watch.history.grad_norms == [pytest.approx(update / 0.05, rel=1e-4)]
+
+
+def test_policy_keywords_are_checked():
+    with pytest.raises(nanlab.NanlabError, match="on_nonfinite"):
+        nanlab.watch(mlp(0), on_nonfinite="ignore")
+    with pytest.raises(nanlab.NanlabError, match="max_skips"):
+        nanlab.watch(mlp(0), max_skips=0)
+
+
+def test_training_with_the_watch_survives_a_missing_private_api(monkeypatch):
+    """The private op-callback API is only needed to localise: without it fit trains, and a NaN still raises."""
+    import tensorflow.python.framework as framework_package
+
+    import nanlab.frameworks.tensorflow as tf_package
+
+    monkeypatch.setitem(sys.modules, "tensorflow.python.framework.op_callbacks", None)
+    monkeypatch.delattr(framework_package, "op_callbacks")
+    for name in ("watch", "replay"):
+        monkeypatch.delitem(sys.modules, f"nanlab.frameworks.tensorflow.{name}", raising=False)
+        monkeypatch.delattr(tf_package, name, raising=False)
+    with pytest.raises(ImportError):
+        from tensorflow.python.framework import op_callbacks  # noqa: F401
+
+    healthy = mlp(1)
+    watch = nanlab.watch(healthy)  # attaching never needs the private API
+    fit(healthy, 0.05, [watch])
+    assert watch.step == 12 and all(math.isfinite(loss) for loss in watch.history.losses)
+
+    broken = mlp(0)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        fit(broken, 20.0, [nanlab.watch(broken)])
+    report = raised.value.report
+    assert report.step > 2 and "Localisation was unavailable" in str(report)
+    assert all(np.isfinite(w).all() for w in broken.get_weights())  # still restored to before the bad step

@@ -1,139 +1,378 @@
-"""``nanlab.watch`` for TensorFlow/Keras: a callback for ``model.fit`` and a context for GradientTape loops.
+"""``nanlab.watch`` for TensorFlow/Keras, the cheap per-step layer: a callback for ``model.fit`` and a context for
+GradientTape loops (a ``keras.Model``, a ``tf.Module`` or a list of ``tf.Variable``s, with a Keras optimizer).
 
-While training is healthy the watch keeps, inside the step itself, a copy of the variables from before the update
-and of the batch (plain ``assign`` ops, no host traffic), and computes one float64 pair: the loss and the norm of
-the update the optimizer just applied. The callback reads that pair once per step (one host synchronisation);
-nothing runs per layer. On the first step where either is non-finite, the watch restores the copied variables and
-replays the step eagerly, even when ``fit`` compiled it with ``tf.function`` or XLA: layer by layer to find the
-first layer whose finite inputs gave a non-finite output, that layer once more under
-``tf.debugging.enable_check_numerics`` to name the op, then the loss and the gradients. It leaves the model with the
-weights from before the bad step and raises ``NonFiniteError``.
+While training is healthy the watch works inside the step itself, with no host traffic: it copies the variables
+(model and optimizer) and the batch into shadow variables before the step, and it fills one float64 status vector
+(``STATUS``): the step's loss, the norm of the gradients the optimizer was given (in the loss's own units: divided by
+the loss scale under a ``LossScaleOptimizer``), the number of out-of-range class labels, and the loss scale. It reads
+that vector once per step (one host synchronisation); nothing runs per layer.
 
-Keras records no gradient norms during ``fit``, so the history the cause rules read is the update norm
-(``lr * |g|`` for plain SGD), which grows the same way when a step size is too large.
+Integer labels are checked before the loss runs: the bad ones are counted and replaced by class 0 for that step,
+whose update the watch then undoes. So an out-of-range label becomes a report on every device, instead of an
+``InvalidArgumentError`` on CPU and a silent NaN on GPU or under XLA.
+
+On a bad step the watch imports ``replay`` (the only module that touches TensorFlow's and Keras' private APIs) to
+localise it; when that import fails, training with the watch still works and the report says localisation was
+unavailable. What happens next follows the ``WatchPolicy`` (``on_nonfinite="raise" | "stop" | "skip"``). Under mixed
+precision an overflow the loss scaler skips is expected: it is recorded in ``history.skipped_steps``, and only an
+overflow that persists (``WatchPolicy.overflow_persists``) is a fault.
 """
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
-
-import numpy as np
-from tensorflow.python.framework import op_callbacks
 
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.frameworks.tensorflow.backend import keras, tf
-from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, symmetric_labels
+from nanlab.report import NonFiniteReport, conclude
+from nanlab.watching import WatchHistory, WatchPolicy
 
-# Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
-FILL_OPS = {"SelectV2", "Select", "Fill", "TensorScatterUpdate"}
-LOSS_PATH = "loss"
+LOGGER = logging.getLogger("nanlab")
+STATUS = ("loss", "gradient norm", "bad labels", "loss scale")
+ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.SUM)  # per replica under tf.distribute; read as their sum
+PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                   aggregation=tf.VariableAggregation.NONE)
+MIRRORED = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+@dataclass
+class FailedStep:
+    """What the replay needs to run a failed step again: everything as it was before the step."""
+
+    report: NonFiniteReport
+    model: object
+    trainable: list
+    x: object
+    y: object
+    sample_weight: object
+    forward: Callable | None
+    compute_loss: Callable | None
+    scale_loss: Callable
+    apply: Callable
+    optimizer_name: str
 
 
 class KerasWatch(keras.callbacks.Callback):
-    """``model.fit(..., callbacks=[nanlab.watch(model)])``, or ``with nanlab.watch(model, optimizer, loss_fn) as w``
-    around a GradientTape loop whose step runs inside ``with w.step(x, y):`` and computes the loss with
-    ``w.loss_fn``. A nanlab ``keras_loop.Training`` is watched with ``with nanlab.watch(training):``."""
+    """``model.fit(..., callbacks=[nanlab.watch(model)])``, or, around a GradientTape loop::
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
-                 loss_fn: Callable | None = None, training=None):
+        with nanlab.watch(model, optimizer, loss_fn) as watch:
+            for x, y in batches:
+                with watch.checked_step(x, y):
+                    ...  # loss = watch.loss_fn(y, model(x)); optimizer.apply(gradients, variables)
+                if watch.stopped:
+                    break
+
+    ``model`` is a ``keras.Model``, a callable ``tf.Module`` or a list of ``tf.Variable``s; a nanlab ``Training`` is
+    watched with ``with nanlab.watch(training):``. ``step`` counts the steps checked, ``history`` holds their losses,
+    gradient norms, skipped steps and loss scales, ``report`` the first bad step's ``NonFiniteReport``.
+    """
+
+    def __init__(self, model, optimizer: keras.optimizers.Optimizer | None = None, loss_fn: Callable | None = None,
+                 training=None, policy: WatchPolicy | None = None):
         super().__init__()
-        if not isinstance(model, keras.Model):
-            raise NanlabError(f"nanlab.watch needs a keras.Model (or a Training), got {type(model).__name__}")
-        self.watched, self.optimizer, self.training = model, optimizer, training
+        self.watched = _watchable(model)
+        self.optimizer, self.training = optimizer, training
+        self.policy = policy or WatchPolicy()
+        self.step = 0
+        self.history = WatchHistory()
+        self.report: NonFiniteReport | None = None
+        self.stopped = False
         self._user_loss = loss_fn
-        self.step_count = 0
-        self.losses: list[float] = []
-        self.update_norms: list[float] = []
-        self._shadows: list[tf.Variable] | None = None
-        self._batch_vars: list[tf.Variable] | None = None
-        self._batch_structure = None
-        self._status: tf.Variable | None = None
-        self._original_train_step = None
-        self._loss = self._batch = None
+        self._built = False
+        self._fitting = False
+        self._batch = None
+        self._user_batches = None
         self._open = False
+        _refuse_steps_per_execution(self.watched)
 
-    # -- shared machinery ----------------------------------------------------------------------------------------
+    # -- what is watched -----------------------------------------------------------------------------------------
+    @property
+    def _optimizer(self):
+        return self.optimizer if self.optimizer is not None else getattr(self.watched, "optimizer", None)
+
+    @property
+    def _strategy(self):
+        return getattr(self.watched, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+    def _trainable(self) -> list:
+        if isinstance(self.watched, list):
+            return [v for v in self.watched if v.trainable]
+        return list(self.watched.trainable_variables)
+
     def _variables(self) -> list:
-        optimizer = self.optimizer or getattr(self.watched, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.watched.trainable_variables)
-        return list(self.watched.variables) + (list(optimizer.variables) if optimizer is not None else [])
+        own = self.watched if isinstance(self.watched, list) else list(self.watched.variables)
+        optimizer = self._optimizer
+        return own + (list(optimizer.variables) if optimizer is not None else [])
 
-    def _make_shadows(self) -> None:
-        if not self.watched.variables:
+    def _scaler(self):
+        """The ``LossScaleOptimizer`` in charge, or None without mixed precision."""
+        optimizer = self._optimizer
+        return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+
+    # -- the per-step machinery ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """Create the shadows and the status once, under the model's distribution strategy."""
+        if self._built:
+            return
+        if not self._trainable():
             raise NanlabError("nanlab.watch needs a model with its weights: call it once on a batch, or give "
                               "keras.Input")
-        variables = self._variables()
-        self._shadows = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
-        trainable = {id(v) for v in self.watched.trainable_variables}
-        self._trainable_pairs = [(v, s) for v, s in zip(variables, self._shadows) if id(v) in trainable]
-        self._status = tf.Variable(tf.zeros(2, tf.float64), trainable=False)
-        self._snapshot_fn = tf.function(self._snapshot)
-        self._status_fn = tf.function(self._update_status)
+        optimizer = self._optimizer
+        if optimizer is not None and not optimizer.built:
+            with self._strategy.scope():
+                optimizer.build(self._trainable())
+        with self._strategy.scope():
+            variables = self._variables()
+            self._shadows = [tf.Variable(tf.zeros(v.shape, v.dtype), **MIRRORED) for v in variables]
+            self._step_loss = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
+            self._step_norm = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
+            self._step_bad_labels = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
+            self._status = tf.Variable(tf.zeros(len(STATUS), tf.float64), **ACCUMULATING)
+        self._batch_vars = None
+        self._open_fn = tf.function(self._begin_step)
+        self._close_fn = tf.function(self._publish_status)
+        self._built = True
 
-    def _snapshot(self) -> None:
+    def _begin_step(self) -> None:
+        """Copy every variable into its shadow and zero the step's accumulators (inside the step's graph)."""
         for shadow, variable in zip(self._shadows, self._variables()):
-            shadow.assign(variable.value if hasattr(variable, "value") else variable)
+            shadow.assign(_read(variable))
+        for accumulator in (self._step_loss, self._step_norm, self._step_bad_labels):
+            accumulator.assign(tf.zeros((), tf.float64))
 
-    def _update_status(self, loss) -> None:
-        """[loss, norm of (weights - weights before the step)], in float64: both finite exactly when all is well."""
-        squares = [tf.reduce_sum(tf.square(tf.cast(v.value - s, tf.float64)))
-                   for v, s in self._trainable_pairs]
-        norm = tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0, tf.float64)
-        self._status.assign(tf.stack([tf.cast(tf.reduce_sum(loss), tf.float64), norm]))
+    def _publish_status(self) -> None:
+        """``STATUS`` in one vector; under tf.distribute each replica adds its share, so replicated values divide."""
+        replicas = tf.cast(self._strategy.num_replicas_in_sync, tf.float64)
+        scaler = self._scaler()
+        scale = tf.cast(scaler.dynamic_scale, tf.float64) if scaler is not None else tf.zeros((), tf.float64)
+        self._status.assign(tf.stack([self._step_loss.read_value(), self._step_norm.read_value() / replicas,
+                                      self._step_bad_labels.read_value(), scale / replicas]))
 
+    def _record_loss(self, loss) -> None:
+        self._step_loss.assign_add(tf.cast(tf.reduce_sum(loss), tf.float64))
+
+    def _checked_labels(self, y, y_pred):
+        """``y`` with out-of-range class ids counted and replaced by 0 (the step is then undone and reported)."""
+        if not are_class_ids(y, y_pred):
+            return y
+        num_classes = int(y_pred.shape[-1])
+        bad = tf.logical_or(y < 0, y >= tf.cast(num_classes, y.dtype))
+        self._step_bad_labels.assign_add(tf.reduce_sum(tf.cast(bad, tf.float64)))
+        return tf.where(bad, tf.zeros_like(y), y)
+
+    def _watch_optimizer(self) -> None:
+        """Record the norm of the gradients the optimizer is given, in the same graph as its update."""
+        optimizer = self._optimizer
+        if optimizer is None or "apply" in optimizer.__dict__:
+            return
+        original = optimizer.apply
+
+        def apply(grads, trainable_variables=None):
+            self._record_gradient_norm(grads)
+            return original(grads, trainable_variables)
+
+        optimizer.apply = apply
+
+    def _unwatch_optimizer(self) -> None:
+        optimizer = self._optimizer
+        if optimizer is not None:
+            optimizer.__dict__.pop("apply", None)
+
+    def _record_gradient_norm(self, grads) -> None:
+        grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the gradient of the global batch
+        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads]
+        norm = tf.sqrt(tf.add_n(squares)) if squares else tf.zeros((), tf.float64)
+        scaler = self._scaler()
+        if scaler is not None:
+            norm = norm / tf.cast(scaler.dynamic_scale, tf.float64)  # in the loss's own units
+        self._step_norm.assign(norm)
+
+    # -- the one host synchronisation per step -------------------------------------------------------------------
     def _check(self) -> None:
-        loss, norm = self._status.numpy().tolist()
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            report = conclude(self._replay())
-            self.on_train_end()
-            raise NonFiniteError(report)
-        self.losses.append(loss)
-        self.update_norms.append(norm)
-        self.step_count += 1
+        loss, norm, bad_labels, scale = self._status.numpy().tolist()
+        step = self.step
+        scaler = self._scaler()
+        if scaler is not None:
+            self.history.loss_scales.append(scale)
+        if bad_labels == 0 and math.isfinite(loss) and math.isfinite(norm):
+            self.history.losses.append(loss)
+            self.history.grad_norms.append(norm)
+            self.step += 1
+            return
+        if scaler is not None and bad_labels == 0:
+            # The loss scaler skipped this update itself: expected now and then, a fault once it persists.
+            self.history.skipped_steps.append(step)
+            if not self.policy.overflow_persists(self.history, step):
+                self.step += 1
+                return
+            self._fault(loss, norm, overflow=True)
+        else:
+            self._fault(loss, norm, overflow=False)
+
+    def _fault(self, loss: float, norm: float, overflow: bool) -> None:
+        report = self._diagnose(loss, norm, overflow)
+        self.report = report
+        if self.policy.on_nonfinite == "stop":
+            self.stopped = True
+            if self._fitting:
+                self.watched.stop_training = True
+            return
+        if self.policy.on_nonfinite == "skip":
+            if not overflow:
+                self.history.skipped_steps.append(self.step)
+            in_a_row = self.history.skipped_in_a_row(self.step)
+            if in_a_row < self.policy.max_skips:
+                LOGGER.warning("nanlab.watch skipped step %d: %s", self.step, report)
+                self.step += 1
+                return
+            report.note = ((report.note + " ") if report.note else "") + f"Gave up after {in_a_row} skipped steps " \
+                                                                         "in a row."
+        self._detach()
+        raise NonFiniteError(report)
+
+    def _diagnose(self, loss: float, norm: float, overflow: bool) -> NonFiniteReport:
+        """Replay the step (leaving the variables as they were before it) and conclude; without the replay module,
+        say so and still restore the variables."""
+        report = NonFiniteReport("tensorflow", self.step, _cheap_phase(loss, norm), losses=list(self.history.losses),
+                                 grad_norms=list(self.history.grad_norms), norm_name="gradient norm")
+        scaler = self._scaler()
+        if scaler is not None:
+            report.loss_scale = self.history.loss_scales[-1]
+            report.skipped_in_a_row = self.history.skipped_in_a_row(self.step)
+        try:
+            from nanlab.frameworks.tensorflow import replay
+        except ImportError as missing:
+            self._restore()
+            report.note = f"Localisation was unavailable (the replay could not import: {missing})."
+            return conclude(report)
+        self._restore()
+        replay.replay(self._failed_step(report))
+        self._restore()  # the replay's forward pass may have moved BatchNorm statistics or the loss scale
+        if overflow and report.dtype is None:
+            report.note = "The loss scaler kept skipping, but the replay found no op past its dtype's range."
+        return conclude(report)
+
+    def _restore(self) -> None:
+        for variable, shadow in zip(self._variables(), self._shadows):
+            variable.assign(_read(shadow))
+
+    def _failed_step(self, report: NonFiniteReport) -> FailedStep:
+        x, y, sample_weight = self._saved_batch()
+        scaler = self._scaler()
+        optimizer = self._optimizer
+        return FailedStep(report=report, model=self.watched, trainable=self._trainable(), x=x, y=y,
+                          sample_weight=sample_weight, forward=self._forward(), compute_loss=self._loss_for_replay(),
+                          scale_loss=scaler.scale_loss if scaler is not None else (lambda loss: loss),
+                          apply=optimizer.apply,
+                          optimizer_name=type(getattr(scaler, "inner_optimizer", optimizer)).__name__)
+
+    def _forward(self) -> Callable | None:
+        if isinstance(self.watched, keras.Model):
+            return lambda x: self.watched(x, training=True)
+        if callable(self.watched) and not isinstance(self.watched, list):
+            return self.watched
+        return None
+
+    def _loss_for_replay(self) -> Callable | None:
+        if self._fitting:
+            compute_loss = self._original_compute_loss
+            return lambda x, y, y_pred, sample_weight: compute_loss(x=x, y=y, y_pred=y_pred,
+                                                                    sample_weight=sample_weight, training=True)
+        if self._user_loss is None:
+            return None
+        return lambda x, y, y_pred, sample_weight: self._user_loss(y, y_pred)
+
+    def _saved_batch(self):
+        if not self._fitting:
+            x, y = self._batch
+            return x, y, None
+        strategy = self._strategy
+        parts = [tf.concat(strategy.experimental_local_results(variable), axis=0) if variable.shape.rank != 0
+                 else _read(variable) for variable in self._batch_vars]
+        rows = int(sum(int(r) for r in strategy.experimental_local_results(self._batch_rows)))
+        return keras.utils.unpack_x_y_sample_weight(
+            tf.nest.pack_sequence_as(self._batch_structure, [part[:rows] if part.shape.rank else part
+                                                             for part in parts]))
 
     # -- model.fit -----------------------------------------------------------------------------------------------
     def set_model(self, model) -> None:
         super().set_model(model)
         if model is not self.watched:
             raise NanlabError("this watch was made for another model; use nanlab.watch(model) with fit's model")
-        self._make_shadows()
+        _refuse_steps_per_execution(model)
+        self._build()
+        self._fitting = True
         self._batch_vars = None  # sized afresh by this fit's first batch
         self._original_train_step = model.train_step
+        self._original_compute_loss = model.compute_loss
         model.train_step = self._watched_train_step
+        model.compute_loss = self._watched_compute_loss
+        self._watch_optimizer()
         model.train_function = None  # rebuilt by fit around the watched step
 
     def _watched_train_step(self, data):
+        self._save_batch(data)
+        self._begin_step()
+        logs = self._original_train_step(data)
+        self._publish_status()
+        return logs
+
+    def _watched_compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+        y = _map_targets(self._checked_labels, y, y_pred)
+        loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs)
+        if loss is not None:
+            self._record_loss(loss)
+        return loss
+
+    def _save_batch(self, data) -> None:
         flat = tf.nest.flatten(data)
         if self._batch_vars is None:  # first trace only: tf.function allows variables created on the first call
             self._batch_structure = data
-            self._batch_vars = [_batch_buffer(t) for t in flat]
-            self._batch_rows = tf.Variable(0, dtype=tf.int32, trainable=False)
+            with tf.init_scope(), self._strategy.scope():
+                self._batch_vars = [_batch_buffer(t) for t in flat]
+                self._batch_rows = tf.Variable(0, dtype=tf.int32, **PER_REPLICA)
         rows = tf.shape(flat[0])[0]
         for variable, tensor in zip(self._batch_vars, flat):
-            if variable.shape.is_fully_defined():
+            if variable.shape.is_fully_defined() and variable.shape.rank:
                 variable[:rows].assign(tensor)
             else:
                 variable.assign(tensor)
         self._batch_rows.assign(rows)
-        self._snapshot()
-        logs = self._original_train_step(data)
-        self._update_status(logs["loss"])
-        return logs
 
     def on_train_batch_end(self, batch, logs=None) -> None:
-        self._check()
+        if not self.stopped:
+            self._check()
 
     def on_train_end(self, logs=None) -> None:
-        if self._original_train_step is not None:
+        self._detach()
+
+    def _detach(self) -> None:
+        """Give the model back its own train step, loss and optimizer (a later fit without the watch is plain)."""
+        if self._fitting:
             self.watched.__dict__.pop("train_step", None)
+            self.watched.__dict__.pop("compute_loss", None)
             self.watched.train_function = None
+            self._fitting = False
+        self._unwatch_optimizer()
+        if self.training is not None and self._user_batches is not None:
+            self.training.loss_fn, self.training.batches = self._user_loss, self._user_batches
+            self._user_batches = None
 
     # -- GradientTape loops --------------------------------------------------------------------------------------
     def __enter__(self) -> "KerasWatch":
-        self._make_shadows()
+        if self.optimizer is None:
+            raise NanlabError("nanlab.watch around a GradientTape loop needs its optimizer: "
+                              "nanlab.watch(model, optimizer, loss_fn)")
+        self._build()
+        self._watch_optimizer()
+        self._user_batches = None
         if self.training is not None:
             self.training.loss_fn = self.loss_fn
             self._user_batches = self.training.batches
@@ -141,174 +380,95 @@ class KerasWatch(keras.callbacks.Callback):
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if self.training is not None:
-            self.training.loss_fn, self.training.batches = self._user_loss, self._user_batches
-        if kind is None and self._open:
-            self._close_step()
+        try:
+            if kind is None and self._open:
+                self._close_step()
+        finally:
+            self._detach()
 
     def _watched_batches(self):
         for x, y in self._user_batches:
             if self._open:
                 self._close_step()
+            if self.stopped:
+                return
             self._open_step(x, y)
             yield x, y
 
     @contextmanager
-    def step(self, x, y):
+    def checked_step(self, x, y):
         """One training step of a GradientTape loop: the variables are copied before it and checked after it."""
         self._open_step(x, y)
         yield self
         self._close_step()
 
     def _open_step(self, x, y) -> None:
-        self._batch, self._loss, self._open = (x, y), None, True
-        self._snapshot_fn()
+        self._batch, self._open = (x, y), True
+        self._open_fn()
 
     def _close_step(self) -> None:
         self._open = False
-        self._status_fn(self._loss if self._loss is not None else tf.zeros((), tf.float32))
+        self._close_fn()
         self._check()
 
     def loss_fn(self, y_true, y_pred, *args, **kwargs):
-        """Your loss function, unchanged, with its value recorded (and out-of-range labels reported)."""
+        """Your loss function, unchanged, with its value recorded and its class labels checked."""
         if self._user_loss is None:
             raise NanlabError("watch.loss_fn needs the loss function: nanlab.watch(model, optimizer, loss_fn)")
-        try:
-            loss = self._user_loss(y_true, y_pred, *args, **kwargs)
-        except tf.errors.InvalidArgumentError as error:
-            problem = label_problem(y_true, int(y_pred.shape[-1]) if len(y_pred.shape) >= 2 else None)
-            if problem is None:
-                raise
-            report = self._report("data")
-            report.samples, report.label_problem, report.data_findings = problem[1], problem[0], [problem[0]]
-            report.symmetric_labels = symmetric_labels(y_true)
-            report.note = "The device raised instead of producing NaN."
-            raise NonFiniteError(conclude(report)) from error
-        self._loss = loss
+        loss = self._user_loss(self._checked_labels(y_true, y_pred), y_pred, *args, **kwargs)
+        self._record_loss(loss)
         return loss
 
-    # -- the exact path, taken once ------------------------------------------------------------------------------
-    def _report(self, phase: str) -> NonFiniteReport:
-        return NonFiniteReport("tensorflow", self.step_count, phase, losses=list(self.losses),
-                               grad_norms=list(self.update_norms), norm_name="update norm")
 
-    def _replay(self) -> NonFiniteReport:
-        """Replay the failing step eagerly (every ``tf.function`` too), from the variables saved before it."""
-        eager = tf.config.functions_run_eagerly()
-        tf.config.run_functions_eagerly(True)
-        try:
-            return self._replay_eagerly()
-        finally:
-            tf.config.run_functions_eagerly(eager)
-
-    def _replay_eagerly(self) -> NonFiniteReport:
-        report = self._report("optimizer update")
-        variables = self._variables()
-        updated_bad = [v.path for v in self.watched.trainable_variables
-                       if not bool(tf.reduce_all(tf.math.is_finite(v)))]
-        for variable, shadow in zip(variables, self._shadows):
-            variable.assign(shadow)
-        x, y, sample_weight = self._replay_batch()
-        batch = int(tf.nest.flatten(x)[0].shape[0])
-        report.batch_size = batch
-        bad_rows = _nonfinite_rows(tf.nest.flatten(x) + ([y] if y is not None and y.dtype.is_floating else []),
-                                   batch)
-        if y is not None:
-            report.symmetric_labels = symmetric_labels(y)
-        if y is not None and y.dtype.is_floating:
-            report.huge_targets = float(tf.reduce_max(tf.abs(tf.cast(y, tf.float64)))) > HUGE_TARGET_SCALE
-        if bad_rows:
-            report.phase, report.samples = "data", bad_rows
-            report.data_findings = [f"non-finite values in samples {', '.join(map(str, bad_rows[:8]))}"]
-            return report
-
-        tracer = _LayerTracer(self.watched, batch)
-        with tf.GradientTape() as tape, tracer:
-            y_pred = self.watched(x, training=True)
-            loss = self._compute_loss(x, y, y_pred, sample_weight) if y is not None else None
-        if tracer.culprit is not None:
-            layer, args, kwargs, rows = tracer.culprit
-            report.phase, report.module, report.samples = "forward", layer.name, rows
-            report.op, report.value, report.op_inputs = _first_bad_op(lambda: layer.call(*args, **kwargs))
-        elif loss is not None and not bool(tf.reduce_all(tf.math.is_finite(loss))):
-            report.phase, report.module = "loss", LOSS_PATH
-            report.op, report.value, report.op_inputs = _first_bad_op(
-                lambda: self._compute_loss(x, y, y_pred, sample_weight))
-            report.samples = [i for i in range(batch) if not bool(tf.reduce_all(tf.math.is_finite(
-                self._compute_loss(x[i:i + 1], y[i:i + 1], y_pred[i:i + 1], None))))]
-        trainable = self.watched.trainable_variables
-        if loss is not None:
-            gradients = tape.gradient(loss, trainable)
-            bad = [v.path for v, g in zip(trainable, gradients)
-                   if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
-            if bad:
-                report.parameter = bad[-1]  # backprop reaches the last layer's variables first
-                if report.phase == "optimizer update":
-                    report.phase, report.module = "backward", bad[-1].rsplit("/", 1)[0]
-                    with tf.GradientTape() as again:
-                        again_loss = self._compute_loss(x, y, self.watched(x, training=True), sample_weight)
-                    report.op, report.value, _ = _first_bad_op(lambda: again.gradient(again_loss, trainable))
-        for variable, shadow in zip(variables, self._shadows):
-            variable.assign(shadow)  # the replay's forward pass may have moved BatchNorm statistics or seeds
-        if report.phase == "optimizer update":
-            report.module = type(self.optimizer or self.watched.optimizer).__name__
-            report.op, report.parameter = "apply_gradients", updated_bad[0] if updated_bad else None
-        report.recurrent = is_recurrent(report.module) or is_recurrent(report.parameter) or any(
-            is_recurrent(type(layer).__name__) for layer in self.watched._flatten_layers(include_self=False)
-            if report.module and report.module.split("/")[-1] == layer.name)
-        return report
-
-    def _replay_batch(self):
-        if self._batch is not None and self._original_train_step is None:
-            x, y = self._batch
-            return x, y, None
-        rows = int(self._batch_rows.numpy())
-        data = tf.nest.pack_sequence_as(self._batch_structure,
-                                        [tf.convert_to_tensor(v)[:rows] for v in self._batch_vars])
-        return keras.utils.unpack_x_y_sample_weight(data)
-
-    def _compute_loss(self, x, y, y_pred, sample_weight):
-        if self._original_train_step is None:
-            return self._user_loss(y, y_pred)
-        return self.watched.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+def _watchable(model):
+    """A ``keras.Model``, a ``tf.Module`` or a list of ``tf.Variable``s, or a one-line NanlabError."""
+    if isinstance(model, (keras.Model, tf.Module)):
+        return model
+    if isinstance(model, (list, tuple)) and model and all(isinstance(v, tf.Variable) for v in model):
+        return list(model)
+    raise NanlabError(f"nanlab.watch needs a keras.Model, a tf.Module or a list of tf.Variable (or a Training), "
+                      f"got {type(model).__name__}")
 
 
-class _LayerTracer:
-    """While active, every layer's ``call`` checks its output: the first finite-in, non-finite-out layer is kept."""
-
-    def __init__(self, model: keras.Model, batch: int):
-        self.layers = list(model._flatten_layers(include_self=False))
-        self.batch = batch
-        self.culprit = None
-
-    def __enter__(self):
-        for layer in self.layers:
-            layer.__dict__["call"] = self._wrap(layer, layer.call)
-        return self
-
-    def __exit__(self, *exc):
-        for layer in self.layers:
-            layer.__dict__.pop("call", None)
-
-    def _wrap(self, layer, call):
-        def traced(*args, **kwargs):
-            output = call(*args, **kwargs)
-            if self.culprit is None:
-                outputs = _floats(tf.nest.flatten(output))
-                bad = [t for t in outputs if not bool(tf.reduce_all(tf.math.is_finite(t)))]
-                if bad and _turned_bad(bad, _floats(tf.nest.flatten((args, kwargs)))):
-                    self.culprit = (layer, args, kwargs, _nonfinite_rows(bad, self.batch))
-            return output
-        return traced
+def _refuse_steps_per_execution(model) -> None:
+    steps = getattr(model, "steps_per_execution", 1)
+    if isinstance(model, keras.Model) and steps != 1:
+        raise NanlabError(f"nanlab.watch checks every step, so it needs compile(steps_per_execution=1) "
+                          f"(got {steps})")
 
 
-def _turned_bad(outputs, inputs) -> bool:
-    """True when this layer is where it went wrong: NaN out of NaN-free inputs, or Inf out of finite ones."""
-    def has_nan(t):
-        return bool(tf.reduce_any(tf.math.is_nan(t)))
-    if any(has_nan(t) for t in outputs):
-        return not any(has_nan(t) for t in inputs)
-    return all(bool(tf.reduce_all(tf.math.is_finite(t))) for t in inputs)
+def _read(variable):
+    """A variable's value (a Keras variable's ``.value`` is its tf.Variable; a tf.Variable's ``.value`` is a method)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable.read_value()
+
+
+def are_class_ids(y, y_pred) -> bool:
+    """True when ``y`` holds one class id per prediction row: the signature of a sparse categorical loss."""
+    if not (isinstance(y, (tf.Tensor, tf.Variable)) and isinstance(y_pred, (tf.Tensor, tf.Variable))):
+        return False
+    classes = y_pred.shape[-1] if y_pred.shape.rank else None
+    if classes is None or classes < 2 or y.shape.rank is None:
+        return False
+    if y.dtype.is_integer:
+        return y.shape.rank == y_pred.shape.rank - 1 or (y.shape.rank == y_pred.shape.rank and y.shape[-1] == 1)
+    return y.dtype.is_floating and y.shape.rank == y_pred.shape.rank - 1
+
+
+def _map_targets(function, y, y_pred):
+    """``function(target, prediction)`` over matching targets and outputs (one each, a list, or a dict); targets
+    that do not pair with the outputs one to one (a custom loss) are returned unchanged."""
+    if isinstance(y, dict) and isinstance(y_pred, dict) and y.keys() <= y_pred.keys():
+        return {name: function(target, y_pred[name]) for name, target in y.items()}
+    if isinstance(y, (list, tuple)) and isinstance(y_pred, (list, tuple)) and len(y) == len(y_pred):
+        return type(y)(function(target, prediction) for target, prediction in zip(y, y_pred))
+    return function(y, y_pred)
+
+
+def _cheap_phase(loss: float, norm: float) -> str:
+    """The phase the status vector alone supports, for a report without a replay."""
+    if not math.isfinite(loss):
+        return "loss"
+    return "backward" if not math.isfinite(norm) else "data"
 
 
 def _batch_buffer(tensor) -> tf.Variable:
@@ -316,74 +476,20 @@ def _batch_buffer(tensor) -> tf.Variable:
 
     With a static shape (XLA compiles one), a fixed buffer sized by that first batch and filled row by row, since
     XLA cannot give a variable a new shape; a later batch may be smaller (an epoch's last), never larger. Without
-    one, a variable of unknown shape that each batch replaces.
+    one, a variable of unknown shape that each batch replaces. Each replica keeps its own share under tf.distribute.
     """
     if tensor.shape.is_fully_defined():
-        return tf.Variable(tf.zeros(tensor.shape, tensor.dtype), trainable=False)
-    return tf.Variable(tf.zeros([0] * len(tensor.shape), tensor.dtype), shape=tf.TensorShape(None), trainable=False)
+        return tf.Variable(tf.zeros(tensor.shape, tensor.dtype), **PER_REPLICA)
+    return tf.Variable(tf.zeros([0] * len(tensor.shape), tensor.dtype), shape=tf.TensorShape(None), **PER_REPLICA)
 
 
-def _floats(values) -> list:
-    return [t for t in values if isinstance(t, (tf.Tensor, tf.Variable)) and t.dtype.is_floating]
+def watch(model, optimizer=None, loss_fn=None, training=None, *, on_nonfinite: str = "raise", max_skips: int = 5,
+          overflow_patience: int = 10, min_loss_scale: float = 1.0) -> KerasWatch:
+    """``nanlab.watch`` for a ``keras.Model``, a ``tf.Module``, a list of ``tf.Variable``s (or a nanlab ``Training``).
 
-
-def _first_bad_op(compute) -> tuple[str | None, str | None, list[dict]]:
-    """Re-run ``compute`` eagerly watching every op; return the first that turned good inputs into NaN/Inf.
-
-    Uses the eager op-callback hook that ``tf.debugging.enable_check_numerics`` is built on (not public API), so
-    that ops which write -inf on purpose (masks) can be passed over and the op's inputs inspected. The callback
-    reads tensors with NumPy only: running TensorFlow ops inside it would call it again.
+    The keywords are the ``nanlab.watching.WatchPolicy``: what to do on a non-finite step, and how much loss-scaler
+    skipping is tolerated under mixed precision.
     """
-    found: list[tuple[str, str, list[dict]]] = []
-
-    def callback(op_type, inputs, attrs, outputs, op_name=None, graph=None):
-        if found or graph is not None or op_type in FILL_OPS:
-            return None
-        outs, ins = _float_arrays(outputs), _float_arrays(inputs)
-        bad = [a for a in outs if not np.isfinite(a).all()]
-        if bad and _turned_bad_arrays(bad, ins):
-            found.append((op_type.lower(), _kind(bad[0]), [_stats(a) for a in ins]))
-        return None
-
-    op_callbacks.add_op_callback(callback)
-    try:
-        compute()
-    finally:
-        op_callbacks.remove_op_callback(callback)
-    return found[0] if found else (None, None, [])
-
-
-def _float_arrays(tensors) -> list[np.ndarray]:
-    return [t.numpy() for t in tensors or () if hasattr(t, "numpy") and t.dtype.is_floating]
-
-
-def _turned_bad_arrays(outputs, inputs) -> bool:
-    if any(np.isnan(a).any() for a in outputs):
-        return not any(np.isnan(a).any() for a in inputs)
-    return all(np.isfinite(a).all() for a in inputs)
-
-
-def _kind(array: np.ndarray) -> str:
-    if np.isnan(array).any():
-        return "nan"
-    return "-inf" if (array == -np.inf).any() else "inf"
-
-
-def _stats(array: np.ndarray) -> dict:
-    return {"zeros": bool((array == 0).any()), "negatives": bool((array < 0).any()),
-            "max_abs": float(np.abs(array).max()) if array.size else 0.0}
-
-
-def _nonfinite_rows(tensors, batch: int) -> list[int]:
-    rows: set[int] = set()
-    for tensor in _floats(tensors):
-        if len(tensor.shape) == 0 or tensor.shape[0] != batch:
-            continue
-        flat = tf.reshape(tf.convert_to_tensor(tensor), (batch, -1))
-        rows.update(tf.where(~tf.reduce_all(tf.math.is_finite(flat), axis=1))[:, 0].numpy().tolist())
-    return sorted(rows)
-
-
-def watch(model, optimizer=None, loss_fn=None, training=None) -> KerasWatch:
-    """``nanlab.watch`` for a ``keras.Model`` (or a nanlab ``Training``)."""
-    return KerasWatch(model, optimizer, loss_fn, training=training)
+    policy = WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips, overflow_patience=overflow_patience,
+                         min_loss_scale=min_loss_scale)
+    return KerasWatch(model, optimizer, loss_fn, training=training, policy=policy)
