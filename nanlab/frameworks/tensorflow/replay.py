@@ -58,7 +58,7 @@ def _replay(step: FailedStep) -> None:
     batch = _batch_size(x)
     report.batch_size = batch
     if _is_tensor(y):
-        report.symmetric_labels = symmetric_labels(y)
+        report.symmetric_labels = symmetric_labels(y, ignore_index=None)
         if y.dtype.is_floating:
             report.huge_targets = float(tf.reduce_max(tf.abs(tf.cast(y, tf.float64)))) > HUGE_TARGET_SCALE
     bad_rows = _nonfinite_rows(tf.nest.flatten(x) + tf.nest.flatten(y), batch)
@@ -146,7 +146,7 @@ def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
 def _label_problem(y, y_pred):
     if not are_class_ids(y, y_pred):
         return None
-    return label_problem(y, int(y_pred.shape[-1]))
+    return label_problem(y, int(y_pred.shape[-1]), ignore_index=None)  # Keras has no padding label
 
 
 class _LayerTracer:
