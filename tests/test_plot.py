@@ -1,37 +1,178 @@
-"""Plot helpers: non-finite points are left out, and ``smooth`` draws running means of the finite values."""
+"""Plot helpers keep their rules, checked on the matplotlib objects: every run visible, a wrong fix in a style of
+its own, identical runs merged with a note, a held-out score panel where the loss hides the lesson, y-ranges that
+do not squash the fixes, readable ticks."""
 import io
 import warnings
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
-from nanlab.plot import _finite_points, plot_comparison  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nanlab.plot import (BROKEN_COLOUR, _finite_points, plot_comparison, plot_grad_norm, plot_loss,  # noqa: E402
+                         set_symlog)
 from nanlab.run import Run  # noqa: E402
+
+NAN = float("nan")
+
+
+def run(fix=None, losses=(1.0, 0.5, 0.25), grad_norms=None, cause="c", nonfinite=None, error=None, score=None,
+        learned=False):
+    losses = list(losses)
+    return Run(cause, "torch", "cpu", 0, fix, len(losses), losses=losses,
+               grad_norms=list(grad_norms) if grad_norms is not None else [abs(v) for v in losses],
+               first_nonfinite_step=nonfinite, error=error, score=score, score_name="held-out accuracy",
+               learned=learned)
+
+
+def data_lines(ax):
+    """Lines that plot data (not the NaN markers, which sit on an axes-fraction transform, nor the vertical marks)."""
+    return [line for line in ax.get_lines() if line.get_transform() == ax.transData and len(line.get_xdata()) and
+            line.get_linestyle() != "None"]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
 
 
 def test_finite_points_skip_nonfinite_values_and_smooth_over_the_finite_ones():
-    values = [1.0, 3.0, float("nan"), 5.0, 7.0, float("inf")]
+    values = [1.0, 3.0, NAN, 5.0, 7.0, float("inf")]
     assert _finite_points(values) == ([0, 1, 3, 4], [1.0, 3.0, 5.0, 7.0])
     assert _finite_points(values, smooth=2) == ([0, 1, 3, 4], [1.0, 2.0, 4.0, 6.0])
 
 
 def test_plot_comparison_labels_smoothed_axes():
-    runs = [Run("c", "torch", "cpu", 0, None, 3, losses=[1.0, 0.5, float("nan")], grad_norms=[1.0, 2.0, float("nan")],
-                first_nonfinite_step=2),
-            Run("c", "torch", "cpu", 0, "fix", 3, losses=[1.0, 0.5, 0.25], grad_norms=[1.0, 0.5, 0.25])]
+    runs = [run(losses=[1.0, 0.5, NAN], nonfinite=2), run("fix")]
     loss_ax, norm_ax = plot_comparison(runs, smooth=10).axes
     assert loss_ax.get_ylabel() == "loss (10-step mean)" and norm_ax.get_ylabel() == "gradient norm (10-step mean)"
     assert plot_comparison(runs).axes[0].get_ylabel() == "loss"
 
 
-def test_a_run_that_is_non_finite_from_step_0_still_plots():
-    broken = Run("c", "torch", "cpu", 0, None, 3, losses=[float("nan")], grad_norms=[float("nan")],
-                 first_nonfinite_step=0)
-    fixed = Run("c", "torch", "cpu", 0, "fix", 3, losses=[1.0, 0.5, 0.25], grad_norms=[1.0, 0.5, 0.25])
-    for runs in ([broken], [broken, fixed]):
+def test_a_run_that_is_non_finite_from_step_0_still_plots_and_says_so():
+    broken = run(losses=[NAN], nonfinite=0)
+    for runs in ([broken], [broken, run("fix")]):
         figure = plot_comparison(runs)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
             figure.savefig(io.BytesIO(), format="png")
     assert figure.axes[0].get_yscale() == "log"
+    alone = plot_comparison([broken]).axes[0]
+    assert any("no finite value" in text.get_text() for text in alone.texts), "an empty frame says why"
+
+
+def test_a_run_with_a_single_finite_point_is_a_visible_marker():
+    ax = plot_loss(run(losses=[2.0, NAN], nonfinite=1))
+    line, = [line for line in ax.get_lines() if list(line.get_xdata()) == [0]]
+    assert line.get_marker() not in ("None", "", None) and line.get_markersize() >= 6
+    assert ax.get_ylim()[0] < 2.0 < ax.get_ylim()[1]
+
+
+def test_runs_with_few_points_get_markers_on_every_point():
+    ax = plot_loss(run("fix", losses=[1.0, 0.8, 0.6, 0.5]))
+    line, = data_lines(ax)
+    assert line.get_marker() not in ("None", "") and line.get_markevery() == (0, 1)
+
+
+def test_a_wrong_fix_has_a_style_of_its_own_never_the_broken_red():
+    broken = run(cause="log-of-zero", losses=[1.0, 0.5, NAN], nonfinite=2)
+    wrong = run("clip-log-output", cause="log-of-zero", losses=[1.0, 0.7, 0.6])
+    real = run("fused-loss", cause="log-of-zero", losses=[1.0, 0.4, 0.2])
+    ax = plot_comparison([broken, wrong, real]).axes[0]
+    lines = {line.get_label(): line for line in data_lines(ax)}
+    broken_line = next(line for label, line in lines.items() if label.startswith("broken"))
+    wrong_line = next(line for label, line in lines.items() if "wrong fix" in label)
+    real_line = next(line for label, line in lines.items() if label.startswith("fused-loss"))
+    assert broken_line.get_color() == BROKEN_COLOUR and broken_line.get_linestyle() == "-"
+    assert wrong_line.get_color() not in (BROKEN_COLOUR, real_line.get_color())
+    assert wrong_line.get_linestyle() == "--" and real_line.get_linestyle() == "-"
+    assert len({broken_line.get_marker(), wrong_line.get_marker(), real_line.get_marker()}) == 3
+
+
+def test_identical_runs_are_drawn_once_with_a_note_in_the_legend():
+    fixes = [run(fix) for fix in ("a", "b", "c")]
+    figure = plot_comparison(fixes)
+    assert len(data_lines(figure.axes[0])) == 1
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert labels == ["a = b = c (identical)"]
+    assert "fixes compared" in figure.get_suptitle(), "no broken run, so not 'broken vs fixes'"
+
+
+def test_close_runs_carry_markers_at_different_steps():
+    fixes = [run(fix, losses=[1.0 - 0.001 * step + shift for step in range(100)]) for fix, shift in
+             (("a", 0.0), ("b", 1e-6))]
+    ax = plot_comparison(fixes).axes[0]
+    first, second = data_lines(ax)
+    assert first.get_markevery() != second.get_markevery() and first.get_marker() != second.get_marker()
+
+
+def test_the_broken_blow_up_does_not_squash_the_fixes():
+    broken = run(losses=[1.0, 1e3, 1e9, 1e26, NAN], nonfinite=4)
+    fixes = [run("lower-lr", losses=[1.0, 0.5, 0.2, 0.1, 0.05]), run("clip", losses=[1.0, 0.8, 0.6, 0.5, 0.3])]
+    ax = plot_comparison([broken, *fixes]).axes[0]
+    low, high = ax.get_ylim()
+    assert high < 10 and low > 0.01, "the axis fits the fixes (0.05-1), not the broken run's 1e26"
+    assert any("off scale" in text.get_text() and "1e+26" in text.get_text() for text in ax.texts)
+    edge = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert edge and list(edge[0].get_xdata()) == [1, 2, 3], "each off-scale step is a triangle on the edge"
+
+
+def test_notebook_style_calls_on_one_axis_redraw_with_every_run_in_view():
+    _, ax = plt.subplots()
+    plot_loss(run(losses=[1.0, 1e20, NAN], nonfinite=2), ax)
+    assert ax.get_ylim()[1] > 1e20
+    plot_loss(run("fix", losses=[1.0, 0.5, 0.4]), ax)
+    assert ax.get_ylim()[1] < 10, "adding a fix refits the axis"
+    assert len(ax.get_legend().get_texts()) == 2
+
+
+def test_noisy_long_runs_become_running_means_on_a_linear_axis():
+    noisy = run("fix", losses=[1e-18 if step % 2 else 1.0 for step in range(200)])
+    calm = run("other", losses=[1.0 / (1 + step) for step in range(200)])
+    ax = plot_comparison([noisy, calm]).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "loss (20-step mean)"
+    assert all(max(line.get_ydata()[20:]) < 0.6 for line in data_lines(ax)), "the mean, not the swing"
+
+
+def test_a_held_out_score_panel_where_the_loss_hides_the_lesson():
+    broken = run(cause="symmetric-labels", losses=[NAN], nonfinite=None, error="IndexError")
+    real = run("map-labels", cause="symmetric-labels", score=1.0, learned=True)
+    wrong = run("wrapping-gather", cause="symmetric-labels", score=0.73)
+    figure = plot_comparison([broken, real, wrong])
+    assert len(figure.axes) == 3, "a wrong fix that stays finite brings the score panel in"
+    scores = figure.axes[2]
+    assert sorted(round(bar.get_width(), 2) for bar in scores.patches) == [0.73, 1.0]
+    assert any("raised IndexError" in text.get_text() for text in scores.texts)
+    assert [line.get_xdata()[0] for line in scores.get_lines()] == [0.8], "the cause's pass mark"
+    assert len(plot_comparison([broken, real, wrong], metric=False).axes) == 2
+    assert len(plot_comparison([broken, real], metric=True).axes) == 3
+
+
+def test_a_log_axis_over_a_narrow_range_has_several_labelled_ticks():
+    ax = plot_loss(run("fix", losses=[1.47, 1.2, 1.0, 0.9, 0.77]))
+    ax.figure.canvas.draw()
+    low, high = ax.get_ylim()
+    labelled = [label for label in ax.yaxis.get_majorticklabels()
+                if label.get_text() and low <= label.get_position()[1] <= high]
+    assert ax.get_yscale() == "log" and len(labelled) >= 2
+
+
+def _overlaps(labels):
+    boxes = sorted((label.get_window_extent() for label in labels if label.get_text()), key=lambda box: box.y0)
+    return [(a, b) for a, b in zip(boxes, boxes[1:]) if a.y1 > b.y0 + 0.5]
+
+
+def test_tick_labels_do_not_overlap_on_wide_log_and_symlog_axes():
+    ax = plot_grad_norm(run("fix", losses=[1e-45 * 10 ** (step / 2) for step in range(100)]))
+    ax.figure.canvas.draw()
+    assert not _overlaps(ax.yaxis.get_majorticklabels())
+    _, symlog_ax = plt.subplots(figsize=(6, 3.5))
+    symlog_ax.plot(range(5), [-1e12, -1.0, 0.0, 1.0, 1e12])
+    set_symlog(symlog_ax, linthresh=1.0)
+    symlog_ax.figure.canvas.draw()
+    low, high = symlog_ax.get_ylim()
+    shown = [label for label in symlog_ax.yaxis.get_majorticklabels() if low <= label.get_position()[1] <= high]
+    assert len(shown) >= 3 and not _overlaps(shown)
