@@ -1,4 +1,4 @@
-"""The command line: ``nanlab list | run | verify``.
+"""The command line: ``nanlab list | run | verify | doctor``.
 
 Bad input (unknown cause, framework, device or fix; CUDA asked for but absent) prints one line naming what is
 valid and exits with status 2. ``verify`` exits 1 when the reproduction contract fails.
@@ -22,7 +22,7 @@ USAGE_ERROR = 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanlab", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,verify}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,verify,doctor}")
 
     commands.add_parser("list", help="list the causes in the catalogue")
 
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=pathlib.Path, metavar="PATH", help="also write the rows as JSON here")
     check.add_argument("--plots", type=pathlib.Path, metavar="DIR",
                        help="save one broken-vs-fixes figure per cause and framework (first seed) in DIR")
+    commands.add_parser("doctor", help="check this machine: versions, devices, CUDA, the notebooks' kernel "
+                                       "(exit 1 when a problem is found)")
     return parser
 
 
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "run":
             return _run(args)
+        if args.command == "doctor":
+            from nanlab.doctor import run as doctor
+
+            return doctor()
         return _verify(args)
     except NanlabError as error:
         print(f"nanlab: error: {error}", file=sys.stderr)
