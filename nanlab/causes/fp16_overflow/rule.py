@@ -1,0 +1,32 @@
+"""fp16 overflow: an op computing in float16 produced a magnitude past float16's largest finite value (65504), or
+the loss scaler kept skipping steps until its scale collapsed."""
+import math
+
+from nanlab.causes.fp16_overflow import CAUSE, FLOAT16_MAX
+from nanlab.diagnosis import DIRECT, LOCATED, Verdict
+
+FLOAT16_NAMES = {"float16", "half", "mixed_float16"}
+
+
+def diagnose(report) -> Verdict | None:
+    if report.dtype not in FLOAT16_NAMES or report.phase not in ("forward", "loss", "backward"):
+        return None
+    limit = report.dtype_max or FLOAT16_MAX
+    where = f"`{report.op}`" if report.op else "an op"
+    if report.max_abs is not None and report.max_abs > limit:
+        return Verdict(CAUSE.id, DIRECT, f"{where} computed in float16 reached |x| = {report.max_abs:.3g}, past "
+                       f"float16's largest finite value {limit:.6g}", ("dtype", "dtype_max", "max_abs", "op"))
+    if report.value in ("inf", "-inf"):
+        return Verdict(CAUSE.id, DIRECT, f"{where} computed in float16 overflowed to {report.value} (float16 "
+                       f"stops at {limit:.6g})", ("dtype", "value", "op"))
+    if report.skipped_in_a_row > 1:
+        scale = f", and the loss scale fell to {report.loss_scale:.3g}" if report.loss_scale is not None else ""
+        return Verdict(CAUSE.id, LOCATED, f"the loss scaler skipped {report.skipped_in_a_row} float16 steps in a "
+                       f"row{scale}: the overflow does not depend on the scale", ("dtype", "skipped_in_a_row",
+                                                                                 "loss_scale"))
+    # A NaN (e.g. inf - inf inside a matmul) from finite inputs so large that one product of two passes the limit.
+    if report.phase in ("forward", "loss") and report.value and (report.max_abs or 0.0) >= math.sqrt(limit):
+        return Verdict(CAUSE.id, LOCATED, f"{where} computed in float16 gave {report.value} from finite inputs up "
+                       f"to {report.max_abs:.3g}; float16 stops at {limit:.6g}, so a product or a sum of such "
+                       "values overflows", ("dtype", "value", "max_abs", "op"))
+    return None
