@@ -1,63 +1,194 @@
-"""``nanlab.watch`` for PyTorch: always on and cheap; exact when training first goes non-finite.
+"""``nanlab.watch`` for PyTorch, the cheap layer: one check per optimizer step; the replay loads only on a bad step.
 
-While training is healthy the watch does one thing per step, in the optimizer's step pre-hook: it reduces the loss,
-the gradients and the weights to three float64 numbers and reads them back together (one host synchronisation).
-Nothing runs per layer. The check happens *before* the update, so when the loss or a gradient is non-finite the
-weights and optimizer state are still those the step started from: the watch replays that step instrumented (every
-op observed through a ``TorchFunctionMode``, every autograd node hooked), finds the first op that turned finite
-inputs into a non-finite output, the first parameter whose gradient went non-finite and the samples that carry it,
-restores what the replay touched, and raises ``NonFiniteError``. Weights made non-finite by an update are seen at
-the next check (or when the ``with`` block ends) and reported as that update's fault.
+Per step the watch reduces the loss, the gradients and (when the targets are class ids) the count of out-of-range
+labels to one small float64 vector and reads it back once: one host synchronisation. Under
+``DistributedDataParallel`` every rank's vector is combined by one ``all_reduce`` in that same read, so every rank
+takes the same decision at the same step. Nothing runs per layer while training is healthy.
+
+Where the check runs:
+
+- a plain loop: in the optimizer's step pre-hook, before the update, so that at a bad step the weights and the
+  optimizer state are still those the step started from;
+- mixed precision (``scaler=`` a ``torch.amp.GradScaler``): in ``scaler.update``, which every step reaches, also the
+  steps the scaler skips (a skipped step never calls ``optimizer.step``). The gradient norm is taken in
+  ``scaler.step`` before the update and divided by the scale, so the history is in unscaled units, with plain and
+  fused optimizers alike. A step the scaler skips is expected now and then and recorded in
+  ``history.skipped_steps``; once skipping persists (``WatchPolicy.overflow_persists``) it is a fault.
+
+No pass over the weights per step: weights change only in an update, and a weight that an update made non-finite
+makes the next step's loss or gradients non-finite as soon as it takes part in the forward. On that bad step the
+watch checks the weights and reports the update. A non-finite weight that no later batch uses (an embedding row)
+is found when one does, or when the ``with`` block ends (one pass over the weights then).
+
+At a bad step the watch imports ``nanlab.frameworks.torch.replay`` (the only module that touches torch's private
+APIs) to replay the step instrumented. If that import fails (a torch release moved a private API), training with
+the watch attached still works and still raises ``NonFiniteError``; the report then says localisation was
+unavailable.
+
+Recorded for the replay, by reference and without copies: every forward pass under autograd since the last update
+(each micro-batch of an accumulated update), its positional and keyword inputs, the RNG states (CPU and every
+initialised CUDA device) and autocast state it ran with, and the target and extra arguments of ``watch.loss_fn``.
+Memory cost: these references keep the input tensors of the current update's micro-batches alive until the next
+optimizer step (k micro-batches of inputs with k-step accumulation); the model's outputs are not kept.
+
+Class labels: ``watch.loss_fn`` counts targets outside ``0..C-1`` (``ignore_index`` padding, -100 by default, is
+not a fault) *before* the loss runs and hands the loss a copy with those labels set to class 0, so the loss kernel
+never indexes out of range (on CUDA that would be an asynchronous device-side assert that poisons the process);
+the count is read in the same synchronisation as the loss, and a batch with any is reported as a data fault and its
+update dropped. Valid labels are passed through unchanged, so training is bit-identical.
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.nn.parallel import DistributedDataParallel
 
 from nanlab.errors import NanlabError, NonFiniteError
+from nanlab.evidence import IGNORE_INDEX
 from nanlab.report import NonFiniteReport, conclude, is_recurrent
-from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, symmetric_labels
+from nanlab.training import Training
+from nanlab.watching import WatchHistory, WatchPolicy
 
-LOSS_PATH = "loss"
-# Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
-FILL_OPS = {"masked_fill", "masked_fill_", "where", "fill", "fill_", "full", "full_like", "index_fill"}
-OP_ALIASES = {"truediv": "div", "rtruediv": "div", "div_": "div", "true_divide": "div", "rdiv": "div",
-              "pow_": "pow", "rpow": "pow", "log_": "log", "exp_": "exp", "sqrt_": "sqrt"}
+LOG = logging.getLogger("nanlab.watch")
+POLICY_OPTIONS = ("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale")
+OPTIONS = ("scaler",) + POLICY_OPTIONS
+SCALER_METHODS = ("step", "unscale_", "update")
+# The one-step status vector, one row per rank: mean loss, gradient norm (unscaled), bad labels, loss scale used,
+# loss scale after the scaler's update.
+LOSS, GRAD_NORM, BAD_LABELS, SCALE, SCALE_AFTER = range(5)
+
+
+@dataclass
+class MicroBatch:
+    """One forward pass of the current update, kept by reference: what the replay needs to run it again."""
+
+    args: tuple
+    kwargs: dict
+    cpu_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] | None
+    autocast: tuple[tuple[str, torch.dtype], ...]
+    target: Any = None
+    loss_args: tuple = ()
+    loss_kwargs: dict = field(default_factory=dict)
+    has_loss: bool = False  # watch.loss_fn was called on this forward's output
+
+
+@dataclass
+class StepStatus:
+    """The one read-back of a step, for every rank (one rank without torch.distributed)."""
+
+    rows: list[list[float]]
+    rank: int
+    has_loss: bool
+    scaled: bool
+
+    @property
+    def own(self) -> list[float]:
+        return self.rows[self.rank]
+
+    @staticmethod
+    def _row_bad(row: list[float], has_loss: bool) -> bool:
+        return (has_loss and not math.isfinite(row[LOSS])) or not math.isfinite(row[GRAD_NORM]) or row[BAD_LABELS] > 0
+
+    @property
+    def healthy(self) -> bool:
+        return not any(self._row_bad(row, self.has_loss) for row in self.rows)
+
+    @property
+    def bad_labels(self) -> bool:
+        return any(row[BAD_LABELS] > 0 for row in self.rows)
+
+    @property
+    def gradients_nonfinite(self) -> bool:
+        return any(not math.isfinite(row[GRAD_NORM]) for row in self.rows)
+
+    def suspect_ranks(self) -> list[int]:
+        """The ranks whose own loss or labels went bad (their own data), else every rank with a bad gradient norm."""
+        own = [rank for rank, row in enumerate(self.rows)
+               if row[BAD_LABELS] > 0 or (self.has_loss and not math.isfinite(row[LOSS]))]
+        return own or [rank for rank, row in enumerate(self.rows) if self._row_bad(row, self.has_loss)]
+
+
+@dataclass
+class BadStep:
+    """Everything the replay (``replay.localise``) needs about the failing step."""
+
+    module: nn.Module  # the model to replay (the wrapped module under DistributedDataParallel: no collectives)
+    params: list[nn.Parameter]
+    names: dict[int, str]
+    loss_fn: Callable | None
+    micro_batches: list[MicroBatch]
+    loss_nonfinite: bool
+    bad_labels: bool
+    scale: float | None
+    ignore_index: int
+    overflow: bool  # the loss scaler skipped this step and the run of skipped steps persisted
 
 
 class Watch:
     """Context manager around a PyTorch training loop; see the module docstring.
 
-    Give it the model, and the optimizer and loss function for a full report. Use ``watch.loss_fn`` in place of
-    your loss function (or pass a ``nanlab.frameworks.torch.loop.Training``, whose ``loss_fn`` is swapped for the duration):
-    it records the targets so that the replay can recompute the loss and name the bad samples.
+    ``nanlab.watch(model, optimizer, loss_fn, scaler=None, on_nonfinite="raise", max_skips=5,
+    overflow_patience=10, min_loss_scale=1.0)``. Compute the loss with ``watch.loss_fn`` (the watch records the
+    targets for the replay); a model that computes its loss in ``forward`` (a scalar tensor, a dict with ``"loss"``,
+    a tuple whose first element is the scalar loss, or an object with ``.loss``, the Hugging Face convention) needs
+    no ``loss_fn``. A nanlab ``Training`` has its ``loss_fn`` swapped for the duration.
+
+    Attributes, the same in the Keras watch: ``step`` (steps checked so far), ``history`` (a ``WatchHistory``:
+    losses, gradient norms in unscaled units, skipped steps, loss scales), ``report`` (the last ``NonFiniteReport``
+    or None), ``stopped`` (``on_nonfinite="stop"`` ended training: a loop checks ``if watch.stopped: break``),
+    ``policy`` (a ``WatchPolicy``).
+
+    ``on_nonfinite="skip"`` drops the bad step's update (its gradients are cleared before the optimizer runs),
+    logs the report on the ``nanlab.watch`` logger and goes on; after ``max_skips`` skipped steps in a row the next
+    bad step raises. It is a last resort: the batch or the setting that made the NaN is still there, every skipped
+    batch silently shrinks the training set, and a NaN that comes back step after step only ends in the raise. It
+    cannot undo an update that has already made a weight non-finite, so that always raises.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                 loss_fn: Callable | None = None, training=None):
+                 loss_fn: Callable | None = None, training: Training | None = None, scaler=None,
+                 policy: WatchPolicy | None = None):
         if not isinstance(model, nn.Module):
             raise NanlabError(f"nanlab.watch needs a torch.nn.Module (or a Training), got {type(model).__name__}")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise NanlabError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         self.model, self.optimizer, self.training = model, optimizer, training
-        self._user_loss = loss_fn
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.policy = policy or WatchPolicy()
         self.step = 0
-        self.losses: list[float] = []
-        self.grad_norms: list[float] = []
-        self._names = {id(p): name for name, p in model.named_parameters()}
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self.history = WatchHistory()
+        self.report: NonFiniteReport | None = None
+        self.stopped = False
+        self._user_loss = loss_fn
+        self._ignore_index = _ignore_index_of(loss_fn)
+        self._module = model.module if isinstance(model, DistributedDataParallel) else model
+        self._names = {id(p): name for name, p in self._module.named_parameters()}
+        self._params = [p for p in self._module.parameters() if p.requires_grad]
+        self._group = _process_group(model)
         self._handles: list[Any] = []
-        self._inputs = None
-        self._rng = None
-        self._output = self._target = self._loss = None
+        self._micro_batches: list[MicroBatch] = []
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._bad_labels: torch.Tensor | None = None
+        self._skips_in_a_row = 0
+        self._scaler_pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._unscaled = False
 
-    # -- the cheap path ------------------------------------------------------------------------------------------
+    # -- attaching -----------------------------------------------------------------------------------------------
     def __enter__(self) -> "Watch":
-        self._handles.append(self.model.register_forward_pre_hook(self._record_inputs, with_kwargs=True))
-        if self.optimizer is not None:
+        self._handles.append(self.model.register_forward_pre_hook(self._record_forward, with_kwargs=True))
+        if self._user_loss is None:
+            self._handles.append(self.model.register_forward_hook(self._record_output_loss))
+        if self.scaler is not None:
+            for name in SCALER_METHODS:  # shadow the public methods on this instance only; removed on exit
+                setattr(self.scaler, name, getattr(self, f"_scaler_{name}"))
+        elif self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
         else:
             self._handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(self._before_update))
@@ -69,267 +200,321 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.scaler is not None:
+            for name in SCALER_METHODS:
+                vars(self.scaler).pop(name, None)
         if self.training is not None:
             self.training.loss_fn = self._user_loss
-        if kind is None and self.step and not self._finite(self._weights_norm()):
-            self._raise(self._update_report(self.step - 1))
+        self._micro_batches.clear()
+        if kind is None and self.step and not self.stopped:
+            bad = self._nonfinite_weights()
+            if bad:
+                self.report = conclude(self._update_report(bad, found_at=None))
+                raise NonFiniteError(self.report)
 
-    def loss_fn(self, output: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Your loss function, unchanged, with its output and targets recorded for the replay."""
+    # -- what each step records ----------------------------------------------------------------------------------
+    def loss_fn(self, output, target, *args, **kwargs):
+        """Your loss function, unchanged, with its target and extra arguments recorded for the replay."""
         if self._user_loss is None:
             raise NanlabError("watch.loss_fn needs the loss function: nanlab.watch(model, optimizer, loss_fn)")
-        self._output, self._target = output, target
-        try:
-            loss = self._user_loss(output, target, *args, **kwargs)
-        except (IndexError, RuntimeError) as error:
-            problem = label_problem(target, _num_classes(output))
-            if problem is None:
-                raise
-            report = NonFiniteReport("torch", self.step, "data", module=LOSS_PATH,
-                                     symmetric_labels=symmetric_labels(target.detach().cpu()),
-                                     op=getattr(self._user_loss, "__name__", None), samples=problem[1],
-                                     label_problem=problem[0], data_findings=[problem[0]],
-                                     losses=list(self.losses), grad_norms=list(self.grad_norms),
-                                     note="The device raised instead of producing NaN.")
-            raise NonFiniteError(conclude(report)) from error
-        self._loss = loss
+        recording = torch.is_grad_enabled() and not self.stopped
+        if recording and self._micro_batches:
+            batch = self._micro_batches[-1]
+            batch.target, batch.loss_args, batch.loss_kwargs, batch.has_loss = target, args, kwargs, True
+        loss = self._user_loss(output, self._guard_labels(output, target, recording), *args, **kwargs)
+        if recording:
+            self._add_loss(loss)
         return loss
 
-    def _record_inputs(self, module, args, kwargs) -> None:
-        if torch.is_grad_enabled():
-            self._inputs = (args, kwargs)
-            self._rng = torch.get_rng_state()
+    def _record_forward(self, module, args, kwargs) -> None:
+        if torch.is_grad_enabled() and not self.stopped:
+            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+            self._micro_batches.append(MicroBatch(args, kwargs, torch.get_rng_state(), cuda_rng, _autocast_state()))
 
-    def _weights_norm(self) -> torch.Tensor:
-        return _norm([p.detach() for p in self._params])
+    def _record_output_loss(self, module, args, output) -> None:
+        loss = loss_of(output)
+        if loss is not None and torch.is_grad_enabled() and not self.stopped:
+            self._add_loss(loss)
 
+    def _add_loss(self, loss: torch.Tensor) -> None:
+        value = loss.detach().double().mean()
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._loss_count += 1
+
+    def _guard_labels(self, output, target, recording: bool):
+        """``target`` with out-of-range class ids set to 0, their count kept for the step's check (no sync here)."""
+        if not _class_ids(output, target):
+            return target
+        bad = ((target < 0) & (target != self._ignore_index)) | (target >= output.shape[1])
+        if recording:
+            count = bad.sum()
+            self._bad_labels = count if self._bad_labels is None else self._bad_labels + count
+        return torch.where(bad, 0, target)
+
+    # -- the check, once per optimizer step ----------------------------------------------------------------------
     def _before_update(self, optimizer, args, kwargs) -> None:
-        grads = [p.grad.detach() for p in self._params if p.grad is not None]
-        loss = self._loss.detach().double().sum() if self._loss is not None else torch.zeros((), dtype=torch.float64)
-        loss_value, grad_norm, weights = torch.stack([loss, _norm(grads), self._weights_norm()]).tolist()
-        if not math.isfinite(weights):
-            self._raise(self._update_report(self.step - 1))
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            self._raise(self._replay())
-        self.losses.append(loss_value)
-        self.grad_norms.append(grad_norm)
-        self.step += 1
-        self._loss = None
+        if self.stopped:
+            self._drop_gradients()
+            return
+        if getattr(optimizer, "found_inf", None) is not None:
+            raise NanlabError("a GradScaler is stepping this optimizer (fused): pass it to the watch, "
+                              "nanlab.watch(model, optimizer, loss_fn, scaler=scaler)")
+        self._check(self._grad_norm(), None, None, drop_update=self._drop_gradients)
 
-    @staticmethod
-    def _finite(value: torch.Tensor) -> bool:
-        return math.isfinite(value.item())
-
-    def _raise(self, report: NonFiniteReport) -> None:
-        raise NonFiniteError(conclude(report))
-
-    # -- the exact path, taken once ------------------------------------------------------------------------------
-    def _update_report(self, step: int) -> NonFiniteReport:
-        bad = [self._names[id(p)] for p in self._params if not torch.isfinite(p.detach()).all()]
-        name = type(self.optimizer).__name__ if self.optimizer is not None else "the optimizer"
-        return NonFiniteReport("torch", max(step, 0), "optimizer update", module=name, op="step",
-                               parameter=bad[0] if bad else None, recurrent=is_recurrent(bad[0] if bad else None),
-                               losses=list(self.losses), grad_norms=list(self.grad_norms))
-
-    def _replay(self) -> NonFiniteReport:
-        report = NonFiniteReport("torch", self.step, "backward", losses=list(self.losses),
-                                 grad_norms=list(self.grad_norms))
-        if self._inputs is None:
-            report.note = "The watch saw no forward pass to replay."
-            return report
-        args, kwargs = self._inputs
-        batch = _batch_size(args)
-        report.batch_size = batch
-        bad_rows = _nonfinite_rows([t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)],
-                                   batch)
-        target = self._target
-        if target is not None:
-            report.symmetric_labels = symmetric_labels(target.detach().cpu())
-        if target is not None and torch.is_floating_point(target):
-            bad_rows = sorted(set(bad_rows) | set(_nonfinite_rows([target], batch)))
-            report.huge_targets = bool(target.detach().abs().max().item() > HUGE_TARGET_SCALE)
-        if bad_rows:
-            report.phase, report.samples = "data", bad_rows
-            report.data_findings = [f"non-finite values in samples {', '.join(map(str, bad_rows[:8]))}"]
-            return report
-
-        saved_grads = [p.grad for p in self._params]
-        saved_buffers = [b.detach().clone() for b in self.model.buffers()]
-        saved_rng = torch.get_rng_state()
-        for p in self._params:
-            p.grad = None
-        tracer = _Tracer(self.model, batch)
-        try:
-            torch.set_rng_state(self._rng)
-            with tracer:
-                output = self.model(*args, **kwargs)
-                tracer.path = [LOSS_PATH]
-                loss = self._user_loss(output, target) if self._user_loss is not None and target is not None else None
-            first_param = tracer.backward(loss, self._params, self._names) if loss is not None else None
-        finally:
-            for p, grad in zip(self._params, saved_grads):
-                p.grad = grad
-            for buffer, value in zip(self.model.buffers(), saved_buffers):
-                buffer.copy_(value)
-            torch.set_rng_state(saved_rng)
-
-        found = tracer.culprit
-        if found is None:
-            report.note = ("The replay stayed finite: the step is not reproducible (non-deterministic ops?)."
-                           if loss is not None else "No loss function was given to the watch, so the loss and "
-                           "backward passes could not be replayed.")
+    def _scaler_step(self, optimizer, *args, **kwargs):
+        if self.stopped:
+            self._poison_gradients(None)
         else:
-            report.phase, report.module, report.op = found["phase"], found["module"], found["op"]
-            report.value, report.op_inputs, report.samples = found["value"], found["inputs"], found["rows"]
-        report.parameter = first_param
-        if report.phase == "loss" and not report.samples:
-            report.samples = _bad_loss_samples(self._user_loss, output, target, batch)
-        report.recurrent = is_recurrent(report.module) or is_recurrent(first_param)
-        return report
+            scale = self.scaler.scale(self._one())
+            self._scaler_pending = (self._grad_norm(None if self._unscaled else scale), scale)
+            if self._bad_labels is not None:
+                self._poison_gradients(self._bad_labels)
+        return type(self.scaler).step(self.scaler, optimizer, *args, **kwargs)
 
+    def _scaler_unscale_(self, optimizer) -> None:
+        self._unscaled = True  # the gradients are in unscaled units from here until the scaler's update
+        return type(self.scaler).unscale_(self.scaler, optimizer)
 
-class _Tracer(TorchFunctionMode):
-    """Observes every op of one replayed step: the module path it ran in, its first non-finite output."""
-
-    def __init__(self, model: nn.Module, batch: int | None):
-        super().__init__()
-        self.batch = batch
-        self.path: list[str] = []
-        self.culprit: dict | None = None
-        self.nodes: dict[Any, tuple[str, str]] = {}
-        self.backward_culprit: dict | None = None
-        self._hooks = []
-        for name, module in model.named_modules():
-            label = name or type(module).__name__
-            self._hooks.append(module.register_forward_pre_hook(lambda *_, label=label: self._enter(label)))
-            self._hooks.append(module.register_forward_hook(lambda *_: self._leave()))
-
-    def _enter(self, label: str) -> None:
-        self.path.append(label)
-
-    def _leave(self) -> None:
-        self.path.pop()
-
-    def __exit__(self, *exc):
-        for hook in self._hooks:
-            hook.remove()
-        return super().__exit__(*exc)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        outputs = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
-        if not outputs or not any(t.is_floating_point() for t in outputs):
-            return result
-        op = _op_name(func)
-        module = self.path[-1] if self.path else "model"
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        self._claim_nodes(outputs, inputs, module, op)
-        if self.culprit is None and op not in FILL_OPS:
-            bad = [t for t in outputs if t.is_floating_point() and not torch.isfinite(t).all()]
-            if bad and _turned_bad(bad, inputs):
-                self.culprit = {"phase": "loss" if module == LOSS_PATH else "forward", "module": module, "op": op,
-                                "value": _kind(bad[0]), "inputs": [_stats(t) for t in inputs],
-                                "rows": _nonfinite_rows(bad, self.batch)}
+    def _scaler_update(self, *args, **kwargs) -> None:
+        result = type(self.scaler).update(self.scaler, *args, **kwargs)
+        self._unscaled = False
+        pending, self._scaler_pending = self._scaler_pending, None
+        if pending is not None and not self.stopped:
+            grad_norm, scale = pending
+            # The scaler has already skipped a step with non-finite gradients: nothing left to drop.
+            self._check(grad_norm, scale, self.scaler.scale(self._one()), drop_update=lambda: None)
         return result
 
-    def _claim_nodes(self, outputs, inputs, module, op) -> None:
-        """Every autograd node between this op's inputs and outputs belongs to the op (composite ops have several)."""
-        stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
-        pending = [t.grad_fn for t in outputs if t.grad_fn is not None]
-        while pending:
-            node = pending.pop()
-            if node is None or node in stop or node in self.nodes or type(node).__name__ == "AccumulateGrad":
-                continue
-            self.nodes[node] = (module, op)
-            pending.extend(next_node for next_node, _ in node.next_functions)
+    def _check(self, grad_norm: torch.Tensor, scale, scale_after, drop_update: Callable[[], None]) -> None:
+        status = self._read(grad_norm, scale, scale_after)
+        if status.gradients_nonfinite:
+            # float32 norms overflow past ~1.8e19: recompute exactly before calling finite gradients bad. (With a
+            # scaler the gradients are unscaled by now: scaler.step unscales them, plain or fused.)
+            status = self._read(self._exact_grad_norm(), scale, scale_after)
+        if status.healthy:
+            self._record_healthy(status)
+        elif self.scaler is not None and not status.bad_labels:
+            self.history.skipped_steps.append(self.step)  # the loss scaler skipped this update
+            self.history.loss_scales.append(status.own[SCALE_AFTER])
+            if self.policy.overflow_persists(self.history, self.step):
+                self._fault(status, overflow=True, drop_update=drop_update)
+            self._next_step()
+        else:
+            self._fault(status, overflow=False, drop_update=drop_update)
+            self._next_step()
 
-    def backward(self, loss: torch.Tensor, params: list[nn.Parameter], names: dict) -> str | None:
-        """Run the backward pass with every node hooked; return the first parameter whose gradient went bad."""
-        order: list[str] = []
-        handles = [node.register_hook(lambda grad_in, grad_out, node=node: self._check_node(node, grad_in, grad_out))
-                   for node in self.nodes]
-        handles += [p.register_hook(lambda grad, p=p: order.append(names[id(p)])
-                                    if not torch.isfinite(grad).all() else None) for p in params]
-        try:
-            loss.sum().backward()
-        finally:
-            for handle in handles:
-                handle.remove()
-        if self.culprit is None and self.backward_culprit is not None:
-            self.culprit = self.backward_culprit
-        return order[0] if order else None
+    def _read(self, grad_norm, scale, scale_after) -> StepStatus:
+        """The one host synchronisation of a step (and the one all_reduce under torch.distributed)."""
+        zero = torch.zeros((), dtype=torch.float64, device=grad_norm.device)
+        loss = self._loss_sum / self._loss_count if self._loss_sum is not None else zero
+        values = [loss, grad_norm, self._bad_labels if self._bad_labels is not None else zero,
+                  scale if scale is not None else zero, scale_after if scale_after is not None else zero]
+        vector = torch.stack([value.to(device=grad_norm.device, dtype=torch.float64) for value in values])
+        rank = 0
+        if self._group is not None:
+            from nanlab.frameworks.torch import distributed
 
-    def _check_node(self, node, grad_inputs, grad_outputs) -> None:
-        if self.backward_culprit is not None:
+            vector, rank = distributed.combine(vector, self._group)
+        rows = vector.reshape(-1, len(values)).tolist()
+        return StepStatus(rows, rank, has_loss=self._loss_sum is not None, scaled=scale is not None)
+
+    def _record_healthy(self, status: StepStatus) -> None:
+        if status.has_loss:
+            self.history.losses.append(status.own[LOSS])
+        self.history.grad_norms.append(status.own[GRAD_NORM])
+        if status.scaled:
+            self.history.loss_scales.append(status.own[SCALE_AFTER])
+        self._skips_in_a_row = 0
+        self._next_step()
+
+    def _next_step(self) -> None:
+        self.step += 1
+        self._micro_batches.clear()
+        self._loss_sum, self._loss_count, self._bad_labels = None, 0, None
+
+    def _fault(self, status: StepStatus, overflow: bool, drop_update: Callable[[], None]) -> None:
+        """A bad step: localise it, then raise, stop or skip as the policy says."""
+        report = self._localise(status, overflow)
+        self.report = report
+        policy = self.policy.on_nonfinite
+        cannot_skip = report.phase == "optimizer update" or self._skips_in_a_row >= self.policy.max_skips
+        if policy == "raise" or (policy == "skip" and cannot_skip):
+            if policy == "skip":
+                report.note = " ".join(filter(None, [report.note, (
+                    "Gave up: a weight is already non-finite." if report.phase == "optimizer update" else
+                    f"Gave up after {self.policy.max_skips} skipped steps in a row.")]))
+            raise NonFiniteError(report)
+        drop_update()
+        if self.step not in self.history.skipped_steps:
+            self.history.skipped_steps.append(self.step)
+        if policy == "stop":
+            self.stopped = True
+        else:
+            self._skips_in_a_row += 1
+            LOG.warning("nanlab.watch skipped step %d: %s", self.step, report)
+
+    # -- a bad step: gather the evidence -------------------------------------------------------------------------
+    def _localise(self, status: StepStatus, overflow: bool) -> NonFiniteReport:
+        bad = self._nonfinite_weights()
+        if bad:
+            report = self._update_report(bad, found_at=self.step)
+        else:
+            report = self._base_report(status, overflow)
+            bad_step = BadStep(self._module, self._params, self._names, self._user_loss, list(self._micro_batches),
+                               loss_nonfinite=status.has_loss and not math.isfinite(status.own[LOSS]),
+                               bad_labels=status.own[BAD_LABELS] > 0, scale=report.loss_scale,
+                               ignore_index=self._ignore_index, overflow=overflow)
+            try:
+                from nanlab.frameworks.torch import replay
+            except ImportError as error:  # a torch release moved a private API: report without localisation
+                report.note = (f"Localisation was unavailable ({type(error).__name__}: {error}); the step and "
+                               "phase come from the per-step check.")
+            else:
+                replay.localise(bad_step, report)
+        if self._group is not None:
+            from nanlab.frameworks.torch import distributed
+
+            report = distributed.merge_reports(report, status.suspect_ranks(), self._group)
+        return conclude(report)
+
+    def _base_report(self, status: StepStatus, overflow: bool) -> NonFiniteReport:
+        """What the per-step check alone knows; the replay refines phase, module, op and samples."""
+        own = status.own
+        loss_nonfinite = status.has_loss and not math.isfinite(own[LOSS])
+        phase = "data" if own[BAD_LABELS] > 0 else "loss" if loss_nonfinite else "backward"
+        report = NonFiniteReport("torch", self.step, phase, losses=list(self.history.losses),
+                                 grad_norms=list(self.history.grad_norms), optimizer=_optimizer_facts(self.optimizer),
+                                 rank=status.rank if self._group is not None else None)
+        if own[BAD_LABELS] > 0:
+            report.label_problem = f"{own[BAD_LABELS]:g} class labels out of range"
+            report.data_findings = [report.label_problem]
+        if status.scaled:
+            report.loss_scale = own[SCALE]
+            report.skipped_in_a_row = self.history.skipped_in_a_row(self.step) if overflow else 0
+        return report
+
+    def _nonfinite_weights(self) -> list[str]:
+        return [self._names[id(p)] for p in self._params if not torch.isfinite(p.detach()).all()]
+
+    def _update_report(self, bad: list[str], found_at: int | None) -> NonFiniteReport:
+        name = type(self.optimizer).__name__ if self.optimizer is not None else "the optimizer"
+        step = self.step if found_at is None else found_at
+        report = NonFiniteReport("torch", max(step - 1, 0), "optimizer update", module=name, op="step",
+                                 parameter=bad[0], recurrent=is_recurrent(bad[0]), losses=list(self.history.losses),
+                                 grad_norms=list(self.history.grad_norms), optimizer=_optimizer_facts(self.optimizer))
+        if found_at is not None:
+            report.note = (f"Found at step {found_at}, when the loss or gradients went non-finite: the update of "
+                           f"step {max(found_at - 1, 0)} (or an earlier one, if `{bad[0]}` took no part since) made "
+                           "it non-finite.")
+        return report
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _gradients(self) -> list[torch.Tensor]:
+        return [p.grad.detach() for p in self._params if p.grad is not None]
+
+    def _one(self) -> torch.Tensor:
+        device = self._params[0].device if self._params else "cpu"
+        return torch.ones((), device=device)
+
+    def _grad_norm(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Global L2 norm of the gradients: torch's fused float32 norm (the exact float64 one only on a bad step)."""
+        grads = self._gradients()
+        if not grads:
+            return torch.zeros((), dtype=torch.float64, device=self._one().device)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0).double()
+        return norm / scale if scale is not None else norm
+
+    def _exact_grad_norm(self) -> torch.Tensor:
+        grads = self._gradients()
+        if not grads:
+            return torch.zeros((), dtype=torch.float64, device=self._one().device)
+        return torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]).norm()
+
+    def _drop_gradients(self) -> None:
+        """Drop this step's update: the optimizer skips parameters without a gradient."""
+        for p in self._params:
+            p.grad = None
+
+    def _poison_gradients(self, bad_labels: torch.Tensor | None) -> None:
+        """Make the loss scaler skip this update, without a host sync: NaN into the smallest gradient when
+        ``bad_labels`` > 0 (adding 0.0 otherwise changes nothing), always when ``bad_labels`` is None. The scaler
+        treats it as an overflow: it skips the update and backs off its scale once."""
+        grads = self._gradients()
+        if not grads:
             return
-        bad = [g for g in grad_inputs if g is not None and not torch.isfinite(g).all()]
-        if bad and all(torch.isfinite(g).all() for g in grad_outputs if g is not None):
-            module, op = self.nodes[node]
-            self.backward_culprit = {"phase": "backward", "module": module, "op": op, "value": _kind(bad[0]),
-                                     "inputs": [], "rows": _nonfinite_rows(bad, self.batch)}
+        smallest = min(grads, key=lambda g: g.numel())
+        if bad_labels is None:
+            smallest.fill_(math.nan)
+        else:
+            smallest.add_(torch.where(bad_labels > 0, math.nan, 0.0))
 
 
-def _turned_bad(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> bool:
-    """True when this op is where it went wrong: NaN out of NaN-free inputs, or Inf out of finite ones."""
-    if any(torch.isnan(t).any() for t in outputs):
-        return not any(torch.isnan(t).any() for t in inputs)
-    return all(torch.isfinite(t).all() for t in inputs)
+def loss_of(output) -> torch.Tensor | None:
+    """The loss a model computed in its forward (Hugging Face style), or None.
+
+    A scalar tensor; a dict (or ``ModelOutput``) with ``"loss"``; a tuple or list whose first element is a scalar
+    tensor; an object with a ``.loss`` tensor.
+    """
+    if isinstance(output, dict):
+        candidate = output.get("loss")
+    elif isinstance(output, (tuple, list)):
+        candidate = output[0] if output and isinstance(output[0], torch.Tensor) and output[0].dim() == 0 else None
+    elif isinstance(output, torch.Tensor):
+        candidate = output if output.dim() == 0 else None
+    else:
+        candidate = getattr(output, "loss", None)
+    return candidate if isinstance(candidate, torch.Tensor) and candidate.is_floating_point() else None
 
 
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm in float64: NaN/Inf exactly when some element is, and never an overflow of finite values."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).norm()
+def _class_ids(output, target) -> bool:
+    """``target`` holds class ids for ``output``'s class dimension (dim 1, as ``F.cross_entropy`` reads it)."""
+    return (isinstance(target, torch.Tensor) and isinstance(output, torch.Tensor) and output.is_floating_point()
+            and output.dim() >= 2 and not target.is_floating_point() and not target.is_complex()
+            and target.dtype != torch.bool and tuple(target.shape) == (output.shape[0], *output.shape[2:]))
 
 
-def _op_name(func) -> str:
-    name = getattr(func, "__name__", None) or str(func)
-    name = name.strip("_")
-    return OP_ALIASES.get(name, name)
+def _ignore_index_of(loss_fn) -> int:
+    """The padding label the loss skips: ``nn.CrossEntropyLoss(ignore_index=...)``, a partial's keyword, or -100."""
+    value = getattr(loss_fn, "ignore_index", None)
+    if value is None:
+        value = (getattr(loss_fn, "keywords", None) or {}).get("ignore_index", IGNORE_INDEX)
+    return int(value)
 
 
-def _kind(tensor: torch.Tensor) -> str:
-    if torch.isnan(tensor).any():
-        return "nan"
-    return "-inf" if (tensor == -math.inf).any() else "inf"
+def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
+    return tuple((device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+                 if torch.is_autocast_enabled(device))
 
 
-def _stats(tensor: torch.Tensor) -> dict:
-    data = tensor.detach()
-    return {"zeros": bool((data == 0).any()), "negatives": bool((data < 0).any()),
-            "max_abs": float(data.abs().max()) if data.numel() else 0.0}
+def _process_group(model: nn.Module):
+    """The process group a DistributedDataParallel model reduces over, or None outside torch.distributed."""
+    if isinstance(model, DistributedDataParallel) and torch.distributed.is_initialized():
+        return model.process_group
+    return None
 
 
-def _batch_size(args) -> int | None:
-    tensors = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor) and t.dim() > 0]
-    return tensors[0].shape[0] if tensors else None
+def _optimizer_facts(optimizer) -> dict:
+    """The optimizer's class and first parameter group's settings (numbers only, JSON-ready)."""
+    if optimizer is None:
+        return {}
+    facts: dict[str, Any] = {"name": type(optimizer).__name__}
+    for key, value in optimizer.param_groups[0].items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            facts[key] = value
+        elif isinstance(value, tuple) and all(isinstance(item, (int, float)) for item in value):
+            facts[key] = list(value)
+    return facts
 
 
-def _nonfinite_rows(tensors: list[torch.Tensor], batch: int | None) -> list[int]:
-    rows: set[int] = set()
-    for tensor in tensors:
-        if batch is None or tensor.dim() == 0 or tensor.shape[0] != batch or not tensor.is_floating_point():
-            continue
-        bad = ~torch.isfinite(tensor.detach()).reshape(batch, -1).all(dim=1)
-        rows.update(torch.nonzero(bad).flatten().tolist())
-    return sorted(rows)
-
-
-def _bad_loss_samples(loss_fn, output, target, batch: int | None) -> list[int]:
-    """The samples whose own loss is non-finite: the loss recomputed one row at a time."""
-    if loss_fn is None or target is None or batch is None:
-        return []
-    with torch.no_grad():
-        return [i for i in range(batch)
-                if not torch.isfinite(loss_fn(output[i:i + 1], target[i:i + 1])).all()]
-
-
-def _num_classes(output: torch.Tensor) -> int | None:
-    return output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() >= 2 else None
-
-
-def watch(model, optimizer=None, loss_fn=None, training=None) -> Watch:
-    """``nanlab.watch`` for a ``torch.nn.Module`` (or a nanlab ``Training``)."""
-    return Watch(model, optimizer, loss_fn, training=training)
+def watch(model, optimizer=None, loss_fn=None, training=None, **options) -> Watch:
+    """``nanlab.watch`` for a ``torch.nn.Module`` (or a nanlab ``Training``); ``options`` as ``Watch`` documents."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for PyTorch; valid: {', '.join(OPTIONS)}")
+    policy = WatchPolicy(**{name: options[name] for name in POLICY_OPTIONS if name in options})
+    if training is not None and not isinstance(training, Training):
+        raise NanlabError(f"training must be a nanlab Training, got {type(training).__name__}")
+    scaler = options.get("scaler", getattr(training, "scaler", None))  # a nanlab Training may carry its scaler
+    return Watch(model, optimizer, loss_fn, training=training, scaler=scaler, policy=policy)

@@ -1,0 +1,369 @@
+"""Replay of one bad PyTorch step, instrumented: the first op that went non-finite, the first bad gradient, the samples.
+
+Loaded by ``watch.py`` only when a step goes bad, and the only nanlab module that touches torch's private APIs
+(``torch.utils._pytree``, the ``AccumulateGrad`` node name, the ``TorchFunctionMode`` protocol). If a torch release moves them, importing this module fails, and the watch still
+raises ``NonFiniteError`` with an unlocated report.
+
+The replay runs every micro-batch of the update again, from the weights the update started from (the check runs
+before the update, and a step the loss scaler skipped changed nothing), with the RNG states (CPU and every CUDA
+device) and autocast state each forward pass ran with, its positional and keyword inputs, and the loss function's
+target and extra arguments (or the loss the model computed in ``forward``). Every op is observed through a
+``TorchFunctionMode`` and every autograd node is hooked; the first op that turned finite inputs into a non-finite
+output is the culprit. The gradients, buffers and RNG states it touched are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, listed, symmetric_labels
+from nanlab.frameworks.torch.watch import BadStep, MicroBatch, loss_of
+from nanlab.report import NonFiniteReport, is_recurrent
+
+LOSS_PATH = "loss"
+# Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
+FILL_OPS = {"masked_fill", "masked_fill_", "where", "fill", "fill_", "full", "full_like", "index_fill"}
+OP_ALIASES = {"truediv": "div", "rtruediv": "div", "div_": "div", "true_divide": "div", "rdiv": "div",
+              "pow_": "pow", "rpow": "pow", "log_": "log", "exp_": "exp", "sqrt_": "sqrt"}
+WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float64, torch.float32: torch.float64}  # wider range
+MAX_ROW_REPLAYS = 256  # samples recomputed one at a time when the failing op reduced over the batch
+
+
+def localise(bad: BadStep, report: NonFiniteReport) -> None:
+    """Fill ``report`` (made by the per-step check) with the replay's evidence."""
+    if not bad.micro_batches:
+        report.note = "The watch saw no forward pass under autograd to replay."
+        return
+    several = len(bad.micro_batches) > 1
+    for index, micro_batch in enumerate(bad.micro_batches):
+        if _data_problem(micro_batch, bad, report) or _replay(micro_batch, bad, report):
+            if several:
+                report.micro_batch = index
+                report.note = _join(report.note, f"Micro-batch {index} of the {len(bad.micro_batches)} in this "
+                                                 "accumulated update carries it.")
+            _describe_overflow(bad, report)
+            return
+    report.note = _join(report.note, "The replay stayed finite: the step is not reproducible (non-deterministic "
+                        "ops?).")
+
+
+# -- the data, before anything runs -----------------------------------------------------------------------------
+def _data_problem(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> bool:
+    """Non-finite inputs or targets: a data fault, with the samples that carry it."""
+    batch = _batch_size((micro_batch.args, micro_batch.kwargs))
+    report.batch_size = batch
+    target = micro_batch.target
+    tensors = _tensors((micro_batch.args, micro_batch.kwargs, micro_batch.loss_args, micro_batch.loss_kwargs))
+    if isinstance(target, torch.Tensor):
+        tensors.append(target)
+        report.symmetric_labels = symmetric_labels(target, bad.ignore_index)
+        if target.is_floating_point() and target.numel():
+            report.huge_targets = bool(target.detach().abs().max().item() > HUGE_TARGET_SCALE)
+    rows = _nonfinite_rows(tensors, batch)
+    if not rows:
+        return False
+    report.phase, report.samples = "data", rows
+    report.data_findings = [f"non-finite values in samples {listed(rows)}"]
+    return True
+
+
+def _check_labels(output, target, bad: BadStep, report: NonFiniteReport) -> bool:
+    if not _is_class_ids(output, target):
+        return False
+    problem = label_problem(target, output.shape[1], bad.ignore_index)
+    if problem is None:
+        return False
+    report.phase, report.module, report.label_problem, report.samples = "data", LOSS_PATH, problem[0], problem[1]
+    report.op = getattr(bad.loss_fn, "__name__", type(bad.loss_fn).__name__)
+    report.data_findings = [problem[0]]
+    report.note = _join(report.note, "The watch handed the loss these labels as class 0, so the device never "
+                        "indexed out of range (a CPU IndexError, a CUDA device-side assert).")
+    return True
+
+
+def _check_output_labels(output, micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> bool:
+    """A model that computes its loss in forward (``labels=`` keyword): check them against its logits."""
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    labels = micro_batch.kwargs.get("labels")
+    if not (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)) or labels.is_floating_point():
+        return False
+    problem = label_problem(labels, logits.shape[-1], bad.ignore_index)
+    if problem is None:
+        return False
+    report.phase, report.label_problem, report.samples = "data", problem[0], problem[1]
+    report.data_findings = [problem[0]]
+    report.symmetric_labels = symmetric_labels(labels, bad.ignore_index)
+    return True
+
+
+# -- the replay --------------------------------------------------------------------------------------------------
+def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> bool:
+    """Replay one micro-batch instrumented; True when it located the fault (and filled ``report``)."""
+    model, params = bad.module, bad.params
+    batch = report.batch_size
+    saved_grads = [p.grad for p in params]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    saved_cpu_rng = torch.get_rng_state()
+    saved_cuda_rng = torch.cuda.get_rng_state_all() if micro_batch.cuda_rng is not None else None
+    for p in params:
+        p.grad = None
+    tracer = _Tracer(model, batch)
+    loss = output = None
+    try:
+        _restore_rng(micro_batch.cpu_rng, micro_batch.cuda_rng)
+        with _autocast(micro_batch.autocast), tracer:
+            output = model(*micro_batch.args, **micro_batch.kwargs)
+            tracer.path = [(LOSS_PATH, "loss")]
+            if bad.loss_fn is not None and micro_batch.has_loss:
+                if _check_labels(output, micro_batch.target, bad, report):
+                    return True
+                loss = bad.loss_fn(output, micro_batch.target, *micro_batch.loss_args, **micro_batch.loss_kwargs)
+            elif bad.loss_fn is None:
+                if _check_output_labels(output, micro_batch, bad, report):
+                    return True
+                loss = loss_of(output)
+        first_param = tracer.backward(loss * bad.scale if bad.scale else loss, params, bad.names) \
+            if loss is not None else None
+    finally:
+        for p, grad in zip(params, saved_grads):
+            p.grad = grad
+        for buffer, value in zip(model.buffers(), saved_buffers):
+            buffer.copy_(value)
+        _restore_rng(saved_cpu_rng, saved_cuda_rng)
+
+    found = tracer.culprit
+    if found is None:
+        return False
+    report.phase, report.module, report.op = found["phase"], found["module"], found["op"]
+    report.module_kind, report.value, report.op_inputs = found["kind"], found["value"], found["inputs"]
+    report.samples, report.dtype, report.max_abs = found["rows"], found["dtype"], found["max_abs"]
+    report.dtype_max = float(torch.finfo(getattr(torch, found["dtype"])).max)
+    report.parameter = first_param
+    if report.phase in ("loss", "forward") and not report.samples and batch:
+        report.samples = _bad_rows_one_by_one(micro_batch, bad, output, batch)
+    report.recurrent = is_recurrent(report.module) or is_recurrent(first_param)
+    return True
+
+
+def _describe_overflow(bad: BadStep, report: NonFiniteReport) -> None:
+    """Persistent loss-scaler skipping: say which op left its dtype's range, and by how much."""
+    if not bad.overflow:
+        return
+    steps = "step" if report.skipped_in_a_row == 1 else "steps"
+    scaled = (f"the loss scaler skipped {report.skipped_in_a_row} {steps} in a row (loss scale "
+              f"{report.loss_scale:.3g} at this step)")
+    if report.dtype and report.dtype_max and report.module:
+        reached = f"values up to {report.max_abs:.3g}" if report.max_abs is not None else "an infinite value"
+        report.note = _join(report.note, f"fp16 overflow: {scaled}; `{report.module}` / op `{report.op}` produced "
+                            f"{reached} in {report.dtype}, whose largest finite value is {report.dtype_max:.6g}.")
+    else:
+        report.note = _join(report.note, f"Overflow: {scaled}, and the replay did not locate the op.")
+
+
+def _bad_rows_one_by_one(micro_batch: MicroBatch, bad: BadStep, output, batch: int) -> list[int]:
+    """The samples whose own loss is non-finite: recomputed one row at a time (the failing op reduced the batch)."""
+    rows = []
+    with torch.no_grad(), _autocast(micro_batch.autocast):
+        for i in range(min(batch, MAX_ROW_REPLAYS)):
+            if bad.loss_fn is not None and micro_batch.has_loss:
+                row_loss = bad.loss_fn(_row(output, i, batch), _row(micro_batch.target, i, batch),
+                                       *_row(micro_batch.loss_args, i, batch),
+                                       **_row(micro_batch.loss_kwargs, i, batch))
+            elif bad.loss_fn is None:
+                row_loss = loss_of(bad.module(*_row(micro_batch.args, i, batch), **_row(micro_batch.kwargs, i, batch)))
+            else:
+                return []
+            if row_loss is not None and not torch.isfinite(row_loss).all():
+                rows.append(i)
+    return rows
+
+
+class _Tracer(TorchFunctionMode):
+    """Observes every op of one replayed step: the module path it ran in, its first non-finite output."""
+
+    def __init__(self, model: nn.Module, batch: int | None):
+        super().__init__()
+        self.batch = batch
+        self.path: list[tuple[str, str]] = []
+        self.culprit: dict | None = None
+        self.nodes: dict[Any, tuple[str, str, str]] = {}
+        self.backward_culprit: dict | None = None
+        self._hooks = []
+        for name, module in model.named_modules():
+            entry = (name or type(module).__name__, type(module).__name__)
+            self._hooks.append(module.register_forward_pre_hook(lambda *_, entry=entry: self._enter(entry)))
+            self._hooks.append(module.register_forward_hook(lambda *_: self._leave()))
+
+    def _enter(self, entry: tuple[str, str]) -> None:
+        self.path.append(entry)
+
+    def _leave(self) -> None:  # returns None: a forward hook's return value would replace the module's output
+        self.path.pop()
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        outputs = [t for t in _tensors(result) if t.is_floating_point()]
+        if not outputs:
+            return result
+        op = _op_name(func)
+        module, kind = self.path[-1] if self.path else ("model", "model")
+        inputs = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
+        self._claim_nodes(outputs, inputs, module, kind, op)
+        if self.culprit is None and op not in FILL_OPS:
+            bad = [t for t in outputs if not torch.isfinite(t).all()]
+            if bad and _turned_bad(bad, inputs):
+                value = _kind(bad[0])
+                self.culprit = {"phase": "loss" if module == LOSS_PATH else "forward", "module": module,
+                                "kind": kind, "op": op, "value": value, "inputs": [_stats(t) for t in inputs],
+                                "rows": _nonfinite_rows(bad, self.batch), "dtype": _dtype_name(bad[0]),
+                                "max_abs": _magnitude(func, args, kwargs, bad[0], inputs)}
+        return result
+
+    def _claim_nodes(self, outputs, inputs, module, kind, op) -> None:
+        """Every autograd node between this op's inputs and outputs belongs to the op (composite ops have several)."""
+        stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
+        pending = [t.grad_fn for t in outputs if t.grad_fn is not None]
+        while pending:
+            node = pending.pop()
+            if node is None or node in stop or node in self.nodes or type(node).__name__ == "AccumulateGrad":
+                continue
+            self.nodes[node] = (module, kind, op)
+            pending.extend(next_node for next_node, _ in node.next_functions)
+
+    def backward(self, loss: torch.Tensor, params: list[nn.Parameter], names: dict) -> str | None:
+        """Run the backward pass with every node hooked; return the first parameter whose gradient went bad."""
+        order: list[str] = []
+        handles = [node.register_hook(lambda grad_in, grad_out, node=node: self._check_node(node, grad_in, grad_out))
+                   for node in self.nodes]
+        handles += [p.register_hook(lambda grad, p=p: order.append(names[id(p)])
+                                    if not torch.isfinite(grad).all() else None) for p in params]
+        try:
+            loss.sum().backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.culprit is None and self.backward_culprit is not None:
+            self.culprit = self.backward_culprit
+        return order[0] if order else None
+
+    def _check_node(self, node, grad_inputs, grad_outputs) -> None:
+        if self.backward_culprit is not None:
+            return
+        bad = [g for g in grad_inputs if g is not None and not torch.isfinite(g).all()]
+        if bad and all(torch.isfinite(g).all() for g in grad_outputs if g is not None):
+            module, kind, op = self.nodes[node]
+            self.backward_culprit = {"phase": "backward", "module": module, "kind": kind, "op": op,
+                                     "value": _kind(bad[0]), "inputs": [], "rows": _nonfinite_rows(bad, self.batch),
+                                     "dtype": _dtype_name(bad[0]), "max_abs": None}
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def _magnitude(func, args, kwargs, output: torch.Tensor, inputs: list[torch.Tensor]) -> float | None:
+    """The largest magnitude the op's result really has, recomputed in a wider dtype with autocast off, when that is
+    finite (the op overflowed its dtype); otherwise the largest finite magnitude among its inputs."""
+    wider = WIDER.get(output.dtype)
+    if wider is not None:
+        widen = lambda t: t.detach().to(wider) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa
+        with torch.no_grad(), _autocast_off(output.device.type):
+            result = func(*tree_map(widen, args), **tree_map(widen, kwargs))
+        magnitudes = [t.abs().max() for t in _tensors(result) if t.is_floating_point() and t.numel()]
+        largest = float(torch.stack(magnitudes).max()) if magnitudes else math.nan
+        if math.isfinite(largest):
+            return largest
+    finite = [t.detach().abs()[torch.isfinite(t)] for t in inputs]
+    largest_inputs = [float(t.max()) for t in finite if t.numel()]
+    return max(largest_inputs) if largest_inputs else None
+
+
+def _autocast_off(device_type: str):
+    return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+
+
+def _autocast(state: tuple[tuple[str, torch.dtype], ...]) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    for device_type, dtype in state:
+        stack.enter_context(torch.autocast(device_type, dtype=dtype))
+    return stack
+
+
+def _restore_rng(cpu_state: torch.Tensor, cuda_states: list[torch.Tensor] | None) -> None:
+    torch.set_rng_state(cpu_state)
+    if cuda_states is not None:
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _row(tree, i: int, batch: int):
+    """``tree`` with every batch-shaped tensor cut to row ``i`` (kept 2-D: ``t[i:i+1]``)."""
+    return tree_map(lambda t: t[i:i + 1] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t,
+                    tree)
+
+
+def _is_class_ids(output, target) -> bool:
+    return (isinstance(target, torch.Tensor) and isinstance(output, torch.Tensor) and output.is_floating_point()
+            and output.dim() >= 2 and not target.is_floating_point() and target.dtype != torch.bool
+            and tuple(target.shape) == (output.shape[0], *output.shape[2:]))
+
+
+def _join(note: str | None, sentence: str) -> str:
+    return f"{note} {sentence}" if note else sentence
+
+
+def _turned_bad(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> bool:
+    """True when this op is where it went wrong: NaN out of NaN-free inputs, or Inf out of finite ones."""
+    if any(torch.isnan(t).any() for t in outputs):
+        return not any(torch.isnan(t).any() for t in inputs)
+    return all(torch.isfinite(t).all() for t in inputs)
+
+
+def _op_name(func) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    name = name.strip("_")
+    return OP_ALIASES.get(name, name)
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    if torch.isnan(tensor).any():
+        return "nan"
+    return "-inf" if (tensor == -math.inf).any() else "inf"
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _stats(tensor: torch.Tensor) -> dict:
+    data = tensor.detach()
+    finite = data[torch.isfinite(data)].abs()
+    return {"zeros": bool((data == 0).any()), "negatives": bool((data < 0).any()),
+            "max_abs": float(finite.max()) if finite.numel() else None, "dtype": _dtype_name(data)}
+
+
+def _batch_size(tree) -> int | None:
+    tensors = [t for t in _tensors(tree) if t.dim() > 0]
+    return tensors[0].shape[0] if tensors else None
+
+
+def _nonfinite_rows(tensors: list[torch.Tensor], batch: int | None) -> list[int]:
+    rows: set[int] = set()
+    for tensor in tensors:
+        if batch is None or tensor.dim() == 0 or tensor.shape[0] != batch or not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor.detach()).reshape(batch, -1).all(dim=1)
+        rows.update(torch.nonzero(bad).flatten().tolist())
+    return sorted(rows)
