@@ -1,11 +1,21 @@
 # make reproduce : build the environment, reproduce every cause in both frameworks, print the table, save plots
 # make test      : build the environment, run the package tests, every notebook (nbval) and the contract (3 seeds)
-# make lab       : open JupyterLab on the start-here notebook
+# make lab       : open JupyterLab on the start-here notebook (as root too, e.g. in a container)
+# make student   : student copies of the notebooks in build/student (solutions removed, checks kept)
+# make slides    : reveal.js slide decks of the notebooks in build/slides (open offline)
+# make site      : a static site of every executed notebook in build/site (open build/site/index.html)
+# make doctor    : check this machine: versions, devices, CUDA, the notebooks' kernel
+# make reproduce DEVICE=cuda : reproduce on the GPU (default: auto, the GPU when there is one)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+DEVICE ?= auto
+NOTEBOOKS = notebooks/00-start-here.ipynb $(sort $(wildcard notebooks/pytorch/*.ipynb)) \
+	$(sort $(wildcard notebooks/tensorflow/*.ipynb))
+# Jupyter refuses to start as root ("Running as root is not recommended") unless told to
+LAB_FLAGS = $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: env reproduce test lab notebooks
+.PHONY: env reproduce test lab notebooks student slides site doctor
 
 env: $(VENV)/.installed
 
@@ -17,13 +27,25 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce: env
-	$(BIN)/nanlab verify --seeds 1 --plots results/plots --json results/reproduce.json
+	$(BIN)/nanlab verify --seeds 1 --device $(DEVICE) --plots results/plots --json results/reproduce.json
 
 test: env
 	$(BIN)/python -m pytest
 
 lab: env
-	$(BIN)/jupyter lab notebooks/00-start-here.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00-start-here.ipynb
 
 notebooks: env
 	$(BIN)/python tools/execute_notebooks.py notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
+
+student: env
+	$(BIN)/python tools/student_copies.py --out build/student $(NOTEBOOKS)
+
+slides: env
+	$(BIN)/python tools/build_slides.py --out build/slides $(NOTEBOOKS)
+
+site: env
+	$(BIN)/python tools/build_site.py --out build/site $(NOTEBOOKS)
+
+doctor: env
+	$(BIN)/nanlab doctor
