@@ -1,8 +1,8 @@
 """fp16 overflow: under float16 autocast an activation passes 65504, float16's largest finite value, and becomes inf.
 
-The recipe's features are logged in raw instrument units (tens of thousands); a LayerNorm right after the first
-layer makes float32 training indifferent to that scale. Under float16 autocast the first layer casts its input to
-float16 and its output passes 65504: inf, then LayerNorm's ``inf - inf`` gives NaN, at every step. The loss scaler
+The recipe's features are logged in raw instrument units (up to ~1e5); a LayerNorm right after the first layer
+makes float32 training indifferent to that scale. Under float16 autocast the first layer casts its input to float16,
+where every batch holds values past 65504: inf, then inf and NaN out of the layer, at every step. The loss scaler
 only scales the *backward* pass, so it skips every step and halves its scale each time (65536 -> 5.7e-14 in 60
 steps); a larger loss scale changes nothing.
 """
@@ -22,9 +22,9 @@ CAUSE = Cause(
     id="fp16-overflow",
     number=14,
     title="float16 overflow under mixed precision",
-    mechanism="float16's largest finite value is 65504; under float16 autocast an activation (here the first "
-              "layer's raw-unit input and output) passes it and becomes inf, and the next op (LayerNorm's "
-              "inf - inf) makes NaN; the loss scaler scales only the backward pass, so it skips every step",
+    mechanism="float16's largest finite value is 65504; under float16 autocast an activation past it becomes inf "
+              "(here the raw-unit input, up to ~1e5, which autocast casts to float16 for the first layer), and "
+              "inf - inf makes NaN; the loss scaler scales only the backward pass, so it skips every step",
     when="from the first step under float16 autocast, when some activation is larger than 65504 (raw-unit "
          "inputs, activations that grew during training, a sum or a square of large values); float32 and "
          "bfloat16 runs of the same model are fine",
