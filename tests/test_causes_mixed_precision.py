@@ -228,16 +228,15 @@ def test_watch_names_fp16_overflow_in_another_model_on_other_data_torch():
     assert raised.value.report.cause == OVERFLOW.id, str(raised.value.report)
 
 
-@pytest.mark.xfail(strict=False, reason="the watches tolerate a skipped loss-scaler step (expected in AMP), and "
-                   "the nanlab loop stops at the first non-finite loss, so the watch sees one skip and never "
-                   "raises; passes once a watch treats a non-finite *loss* under a scaler as a fault at once")
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_watch_names_fp16_overflow_through_the_nanlab_loop(framework):
+    """train() stops at the first non-finite loss, so the first skipped step must already count as a fault."""
     training = training_of(OVERFLOW, framework)
     with pytest.raises(nanlab.NonFiniteError) as raised:
-        with nanlab.watch(training):
+        with nanlab.watch(training, overflow_patience=1):
             get_framework(framework).loop.train(training, OVERFLOW.steps)
-    assert raised.value.report.cause == OVERFLOW.id
+    report = raised.value.report
+    assert (report.cause, report.step, report.dtype) == (OVERFLOW.id, 0, "float16"), str(report)
 
 
 @pytest.mark.xfail(strict=False, reason="the watches do not yet report the parameters' dtype with the optimizer "
