@@ -26,7 +26,7 @@ def diagnose(report) -> Verdict | None:
                                                                                  "loss_scale"))
     # A NaN (e.g. inf - inf inside a matmul) from finite inputs so large that one product of two passes the limit.
     if report.phase in ("forward", "loss") and report.value and (report.max_abs or 0.0) >= math.sqrt(limit):
-        return Verdict(CAUSE.id, LOCATED, f"{where} computed in float16 gave {report.value} from finite inputs up "
-                       f"to {report.max_abs:.3g}; float16 stops at {limit:.6g}, so a product or a sum of such "
-                       "values overflows", ("dtype", "value", "max_abs", "op"))
+        return Verdict(CAUSE.id, LOCATED, f"{where} computed in float16 gave {report.value} amid magnitudes up to "
+                       f"{report.max_abs:.3g}; float16 stops at {limit:.6g}, so a product or a sum of such values "
+                       "overflows", ("dtype", "value", "max_abs", "op"))
     return None
