@@ -23,14 +23,17 @@ def test_names_the_cause_of_every_catalogue_broken_run(cause):
     seed_everything(0, "tensorflow")
     training = cause.recipe("tensorflow").SETTINGS["broken"](seed=0, device="cpu")
     with pytest.raises(nanlab.NonFiniteError) as raised:
-        with nanlab.watch(training):
+        # The loop stops at its first non-finite step, so a loss scaler's first skip must already count.
+        with nanlab.watch(training, overflow_patience=1):
             keras_loop.train(training, cause.steps)
     report = raised.value.report
     assert report.cause == cause.id, str(report)
     assert report.cause_notebook == cause.notebooks["tensorflow"]
     assert report.phase == "data" or (report.module and report.op), "localised to a module and op"
     if plain.first_nonfinite_step is not None:
-        assert report.step == plain.first_nonfinite_step
+        # A bad update shows in the loop as the next step's loss; the report names the step that made it.
+        update = report.phase == "optimizer update"
+        assert report.step == plain.first_nonfinite_step - update
 
 
 def mlp(seed, hidden=32):

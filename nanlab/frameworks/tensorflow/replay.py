@@ -20,12 +20,11 @@ from tensorflow.python.framework import op_callbacks
 
 from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, listed, symmetric_labels
 from nanlab.frameworks.tensorflow.backend import keras, tf
-from nanlab.frameworks.tensorflow.watch import FailedStep, are_class_ids
+from nanlab.frameworks.tensorflow.watch import HALF_RANGES, FailedStep, are_class_ids, variable_path
 from nanlab.report import NonFiniteReport, is_recurrent
 
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
 FILL_OPS = {"SelectV2", "Select", "Fill", "TensorScatterUpdate"}
-HALF_TYPES = {"float16": 65504.0, "bfloat16": float(tf.bfloat16.max)}
 LOSS_PATH = "loss"
 LABELS_NOTE = "TensorFlow raises on such labels on CPU, and returns NaN on GPU or under XLA."
 
@@ -73,9 +72,11 @@ def _replay(step: FailedStep) -> None:
 
     layers = list(step.model._flatten_layers(include_self=False)) if isinstance(step.model, keras.Layer) else []
     tracer = _LayerTracer(layers, batch)
+    forward, targets = _forward_and_targets(step)
     with tf.GradientTape() as tape:
+        tape.watch([t for t in targets if isinstance(t, tf.Tensor)])  # values under tf.distribute
         with tracer, _OpRecorder(tracer, batch) as forward_ops:
-            y_pred = step.forward(x)
+            y_pred = forward(x)
         problem = _label_problem(y, y_pred)
         if problem is not None:
             report.phase, report.label_problem, report.samples = "data", problem[0], problem[1]
@@ -97,26 +98,43 @@ def _replay(step: FailedStep) -> None:
             _row(x, i, batch), _row(y, i, batch), _row(y_pred, i, batch), None))]
     if loss is None:
         return
-    gradients = tape.gradient(scaled_loss, step.trainable)
+    gradients = tape.gradient(scaled_loss, targets)
     bad = [v for v, g in zip(step.trainable, gradients) if g is not None and not _finite(g)]
     if bad:
-        report.parameter = _variable_path(bad[-1], step.model)  # backprop reaches the last layer's variables first
+        report.parameter = variable_path(bad[-1], step.model)  # backprop reaches the last layer's variables first
         if report.phase not in ("forward", "loss"):
             report.phase, report.module = "backward", report.parameter.rsplit("/", 1)[0]
             with tf.GradientTape() as again:
-                again_loss = step.scale_loss(step.compute_loss(x, y, step.forward(x), step.sample_weight))
+                again.watch([t for t in targets if isinstance(t, tf.Tensor)])
+                again_loss = step.scale_loss(step.compute_loss(x, y, forward(x), step.sample_weight))
             with _OpRecorder(None, batch) as backward_ops:
-                again.gradient(again_loss, step.trainable)
+                again.gradient(again_loss, targets)
             if backward_ops.found is not None:
                 _fill_op(report, backward_ops.found)
                 if report.dtype is not None:
                     report.max_abs = max((entry["max_abs"] for entry in report.op_inputs), default=None)
-    elif report.phase not in ("forward", "loss"):
+    elif report.phase not in ("forward", "loss") and targets is step.trainable:
         step.apply(gradients, step.trainable)
         updated_bad = [v for v in step.trainable if not _finite(v)]
         report.phase, report.module, report.op = "optimizer update", step.optimizer_name, "apply_gradients"
-        report.parameter = _variable_path(updated_bad[0], step.model) if updated_bad else None
+        report.parameter = variable_path(updated_bad[0], step.model) if updated_bad else None
     report.recurrent = report.recurrent or is_recurrent(report.module) or is_recurrent(report.parameter)
+
+
+def _forward_and_targets(step: FailedStep):
+    """The forward pass and what to differentiate against: the variables; or, under a tf.distribute strategy with
+    several replicas (whose variables refuse a tape outside a replica), their current values, passed through
+    Keras' ``stateless_call``."""
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1 or not isinstance(step.model, keras.Model):
+        return step.forward, step.trainable
+    model = step.model
+    trainable = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
+    non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+
+    def forward(x):
+        return model.stateless_call(trainable, non_trainable, x, training=True)[0]
+    return forward, trainable
 
 
 def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "_LayerTracer") -> None:
@@ -139,8 +157,8 @@ def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "
 
 def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
     report.op, report.value, report.op_inputs = found.op, found.value, found.inputs
-    if found.dtype in HALF_TYPES:
-        report.dtype, report.dtype_max = found.dtype, HALF_TYPES[found.dtype]
+    if found.dtype in HALF_RANGES:
+        report.dtype, report.dtype_max = found.dtype, HALF_RANGES[found.dtype]
 
 
 def _label_problem(y, y_pred):
@@ -248,12 +266,6 @@ def _magnitude_in_float32(layer, args, kwargs) -> float | None:
 def _layer_path(layer, model) -> str:
     """``layer``'s path inside ``model`` (``block/attention``), without the model's own name."""
     path = getattr(layer, "path", None) or layer.name
-    prefix = f"{getattr(model, 'name', '')}/"
-    return path[len(prefix):] if path.startswith(prefix) else path
-
-
-def _variable_path(variable, model) -> str:
-    path = getattr(variable, "path", None) or variable.name.split(":")[0]
     prefix = f"{getattr(model, 'name', '')}/"
     return path[len(prefix):] if path.startswith(prefix) else path
 

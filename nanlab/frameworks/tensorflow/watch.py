@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.frameworks.tensorflow.backend import keras, tf
 from nanlab.report import NonFiniteReport, conclude
@@ -36,6 +38,7 @@ ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.
                     aggregation=tf.VariableAggregation.SUM)  # per replica under tf.distribute; read as their sum
 PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                    aggregation=tf.VariableAggregation.NONE)
+HALF_RANGES = {"float16": 65504.0, "bfloat16": float(tf.bfloat16.max)}  # the largest finite value of each
 MIRRORED = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
@@ -133,8 +136,10 @@ class KerasWatch(keras.callbacks.Callback):
             self._step_bad_labels = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
             self._status = tf.Variable(tf.zeros(len(STATUS), tf.float64), **ACCUMULATING)
         self._batch_vars = None
-        self._open_fn = tf.function(self._begin_step)
-        self._close_fn = tf.function(self._publish_status)
+        # Fresh functions per watch (not tf.function of the methods, which TensorFlow counts as one function
+        # retraced for every new watch, and warns about on stderr).
+        self._open_fn = tf.function(lambda: self._begin_step())
+        self._close_fn = tf.function(lambda: self._publish_status())
         self._built = True
 
     def _begin_step(self) -> None:
@@ -242,10 +247,14 @@ class KerasWatch(keras.callbacks.Callback):
         say so and still restore the variables."""
         report = NonFiniteReport("tensorflow", self.step, _cheap_phase(loss, norm), losses=list(self.history.losses),
                                  grad_norms=list(self.history.grad_norms), norm_name="gradient norm")
+        report.optimizer = self._optimizer_facts()
         scaler = self._scaler()
         if scaler is not None:
             report.loss_scale = self.history.loss_scales[-1]
             report.skipped_in_a_row = self.history.skipped_in_a_row(self.step)
+        spoiled = self._spoiled_before_step()
+        if spoiled:
+            return conclude(self._bad_update_report(report, spoiled))
         try:
             from nanlab.frameworks.tensorflow import replay
         except ImportError as missing:
@@ -258,6 +267,41 @@ class KerasWatch(keras.callbacks.Callback):
         if overflow and report.dtype is None:
             report.note = "The loss scaler kept skipping, but the replay found no op past its dtype's range."
         return conclude(report)
+
+    def _spoiled_before_step(self) -> list:
+        """Trainable variables that were already non-finite when this step began (read from their copies, on
+        failure only): then the previous step's update made them so, with finite loss and gradients."""
+        trainable = {id(v) for v in self._trainable()}
+        return [v for v, shadow in zip(self._variables(), self._shadows)
+                if id(v) in trainable and not np.isfinite(shadow.numpy()).all()]
+
+    def _bad_update_report(self, report: NonFiniteReport, spoiled: list) -> NonFiniteReport:
+        """The previous step's optimizer update is the fault; its weights from before it are no longer kept."""
+        report.step = max(self.step - 1, 0)
+        report.phase, report.op = "optimizer update", "apply_gradients"
+        report.module = report.optimizer.get("name")
+        report.parameter = variable_path(spoiled[0], self.watched)
+        dtype = spoiled[0].dtype.name if hasattr(spoiled[0].dtype, "name") else str(spoiled[0].dtype)
+        if dtype in HALF_RANGES:
+            report.dtype, report.dtype_max = dtype, HALF_RANGES[dtype]
+        report.note = "The weights stay as that update left them (the watch keeps one step's copy)."
+        return report
+
+    def _optimizer_facts(self) -> dict:
+        """What the cause rules may ask of the optimizer, as plain numbers and names."""
+        optimizer = self._optimizer
+        if optimizer is None:
+            return {}
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        facts = {"name": type(inner).__name__, "learning_rate": float(np.asarray(inner.learning_rate))}
+        for name in ("epsilon", "beta_1", "beta_2", "momentum", "clipnorm", "global_clipnorm", "clipvalue"):
+            value = getattr(inner, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                facts[name] = float(value)
+        trainable = self._trainable()
+        if trainable:
+            facts["param_dtype"] = tf.as_dtype(trainable[0].dtype).name
+        return facts
 
     def _restore(self) -> None:
         for variable, shadow in zip(self._variables(), self._shadows):
@@ -335,9 +379,11 @@ class KerasWatch(keras.callbacks.Callback):
         flat = tf.nest.flatten(data)
         if self._batch_vars is None:  # first trace only: tf.function allows variables created on the first call
             self._batch_structure = data
-            with tf.init_scope(), self._strategy.scope():
-                self._batch_vars = [_batch_buffer(t) for t in flat]
-                self._batch_rows = tf.Variable(0, dtype=tf.int32, **PER_REPLICA)
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                context.merge_call(lambda strategy: self._create_batch_buffers(flat))  # variables: cross-replica
+            else:
+                self._create_batch_buffers(flat)
         rows = tf.shape(flat[0])[0]
         for variable, tensor in zip(self._batch_vars, flat):
             if variable.shape.is_fully_defined() and variable.shape.rank:
@@ -345,6 +391,11 @@ class KerasWatch(keras.callbacks.Callback):
             else:
                 variable.assign(tensor)
         self._batch_rows.assign(rows)
+
+    def _create_batch_buffers(self, flat) -> None:
+        with tf.init_scope(), self._strategy.scope():
+            self._batch_vars = [_batch_buffer(t) for t in flat]
+            self._batch_rows = tf.Variable(0, dtype=tf.int32, **PER_REPLICA)
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         if not self.stopped:
@@ -435,6 +486,13 @@ def _refuse_steps_per_execution(model) -> None:
     if isinstance(model, keras.Model) and steps != 1:
         raise NanlabError(f"nanlab.watch checks every step, so it needs compile(steps_per_execution=1) "
                           f"(got {steps})")
+
+
+def variable_path(variable, model) -> str:
+    """A variable's path inside ``model`` (``head/bias``), without the model's own name."""
+    path = getattr(variable, "path", None) or variable.name.split(":")[0]
+    prefix = f"{getattr(model, 'name', '')}/"
+    return path[len(prefix):] if path.startswith(prefix) else path
 
 
 def _read(variable):

@@ -1,0 +1,169 @@
+"""The Keras watch beyond model.fit: a tf.Module or a list of variables trained with GradientTape and a Keras
+optimizer, fit with steps_per_execution, and fit under tf.distribute.MirroredStrategy on two logical CPUs."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+import nanlab  # noqa: E402
+from nanlab.errors import NanlabError  # noqa: E402
+from nanlab.frameworks.tensorflow import watch as keras_watch  # noqa: E402
+from nanlab.frameworks.tensorflow.backend import keras, tf  # noqa: E402
+
+BATCH = 16
+
+
+class Regressor(tf.Module):
+    def __init__(self):
+        super().__init__(name="regressor")
+        self.w = tf.Variable(tf.random.normal((4, 1), seed=0), name="w")
+        self.b = tf.Variable(tf.zeros(1), name="b")
+
+    def __call__(self, x):
+        return tf.matmul(x, self.w) + self.b
+
+
+def regression_data():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(10 * BATCH, 4)) * 10).astype(np.float32)
+    return x, (x @ np.ones((4, 1))).astype(np.float32)
+
+
+def mse(y, prediction):
+    return tf.reduce_mean(tf.square(y - prediction))
+
+
+def train(watch, variables, optimizer, predict, steps=10):
+    x, y = regression_data()
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = watch.loss_fn(y, predict(x))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+
+    for step in range(steps):
+        batch = tf.constant(x[step * BATCH:(step + 1) * BATCH]), tf.constant(y[step * BATCH:(step + 1) * BATCH])
+        with watch.checked_step(*batch):
+            train_step(*batch)
+
+
+def test_a_tf_module_trained_with_gradient_tape_is_watched():
+    tf.random.set_seed(0)
+    module = Regressor()
+    optimizer = keras.optimizers.SGD(0.5)  # too large for inputs of scale 10
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(module, optimizer, mse) as watch:
+            train(watch, module.trainable_variables, optimizer, module)
+    report = raised.value.report
+    assert (report.phase, report.module, report.op) == ("loss", "loss", "square")
+    assert report.step == watch.step == len(watch.history.grad_norms) > 3
+    assert report.cause == "high-learning-rate" and report.growth > 1e6
+    assert all(np.isfinite(v.numpy()).all() for v in module.trainable_variables)
+
+
+def test_a_healthy_tf_module_is_unchanged_by_the_watch():
+    tf.random.set_seed(0)
+    plain = Regressor()
+    optimizer = keras.optimizers.SGD(0.001)
+    x, y = regression_data()
+    for step in range(10):
+        with tf.GradientTape() as tape:
+            loss = mse(y[step * BATCH:(step + 1) * BATCH], plain(x[step * BATCH:(step + 1) * BATCH]))
+        optimizer.apply(tape.gradient(loss, plain.trainable_variables), plain.trainable_variables)
+    tf.random.set_seed(0)
+    module = Regressor()
+    optimizer = keras.optimizers.SGD(0.001)
+    with nanlab.watch(module, optimizer, mse) as watch:
+        train(watch, module.trainable_variables, optimizer, module)
+    assert watch.step == 10 and watch.history.losses[-1] < watch.history.losses[0] / 10
+    np.testing.assert_allclose(module.w.numpy(), plain.w.numpy(), rtol=1e-6)
+
+
+def test_a_list_of_variables_is_watched_without_localisation():
+    tf.random.set_seed(0)
+    w, b = tf.Variable(tf.random.normal((4, 1), seed=0)), tf.Variable(tf.zeros(1))
+    optimizer = keras.optimizers.SGD(0.5)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with keras_watch.watch([w, b], optimizer, mse) as watch:
+            train(watch, [w, b], optimizer, lambda x: tf.matmul(x, w) + b)
+    report = raised.value.report
+    assert report.step == watch.step > 3 and "list of variables has no forward pass" in report.note
+    assert np.isfinite(w.numpy()).all() and np.isfinite(b.numpy()).all()
+
+
+def test_a_gradient_tape_loop_needs_the_optimizer():
+    with pytest.raises(NanlabError, match="needs its optimizer"):
+        with nanlab.watch(Regressor(), None, mse):
+            pass
+
+
+def test_steps_per_execution_is_refused_at_attach_time_in_one_line():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    with pytest.raises(NanlabError) as refused:
+        nanlab.watch(model)
+    message = str(refused.value)
+    assert "steps_per_execution=1" in message and "got 4" in message and "\n" not in message
+    model.compile(optimizer="sgd", loss="mse")  # attached first, compiled with 4 later: fit refuses at its start
+    watch = nanlab.watch(model)
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    x, y = regression_data()
+    with pytest.raises(NanlabError, match="got 4"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[watch])
+
+
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    from nanlab.frameworks.tensorflow.backend import keras, tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import nanlab, nanlab.causes.high_learning_rate
+
+    data = nanlab.causes.high_learning_rate.make_data(0)
+    x, y = data.x_train[:512], data.y_train[:512]
+
+    def fit(policy, strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(32, activation="relu"),
+                                      keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)])
+            model.compile(optimizer=keras.optimizers.SGD(20.0),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            watch = nanlab.watch(model, on_nonfinite=policy)
+            try:
+                model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
+                ended = "cleanly"
+            except nanlab.NonFiniteError:
+                ended = "NonFiniteError"
+        finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables)
+        return {"ended": ended, "replicas": strategy.num_replicas_in_sync, "step": watch.report.step,
+                "phase": watch.report.phase, "cause": watch.report.cause, "losses": watch.history.losses,
+                "grad_norms": watch.history.grad_norms, "stopped": watch.stopped, "finite": finite}
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    print(json.dumps({"raise": fit("raise", mirrored), "stop": fit("stop", mirrored),
+                      "single": fit("raise", tf.distribute.get_strategy())}))
+""")
+
+
+def test_fit_under_mirrored_strategy_on_two_logical_cpus():
+    """Run in a child process: logical devices must be set before TensorFlow initialises its devices."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    raised, stopped, single = runs["raise"], runs["stop"], runs["single"]
+    assert raised["replicas"] == stopped["replicas"] == 2 and single["replicas"] == 1
+    assert raised["ended"] == "NonFiniteError" and stopped["ended"] == "cleanly" and stopped["stopped"]
+    for run in (raised, stopped):
+        assert (run["step"], run["phase"], run["cause"]) == (single["step"], single["phase"], single["cause"])
+        assert run["step"] > 2 and run["finite"]
+        np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-4)
+        np.testing.assert_allclose(run["grad_norms"], single["grad_norms"], rtol=1e-4)
