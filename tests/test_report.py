@@ -25,7 +25,7 @@ FLAT = [1.0, 0.9, 1.1, 1.0]
     (dict(phase="forward", module="2", op="linear", grad_norms=GROWING), "high-learning-rate"),
     (dict(phase="forward", module="act", op="exp", value="inf", grad_norms=FLAT), None),
     (dict(phase="forward", module="2", op="linear", grad_norms=GROWING[:2]), None),
-    (dict(phase="data", data_findings=["non-finite values in samples 3"]), None),
+    (dict(phase="data", data_findings=["non-finite values in samples 3"]), "dirty-data"),
 ])
 def test_rules_name_the_cause_only_on_its_evidence(fields, cause):
     report = conclude(NonFiniteReport("torch", step=5, **fields))
