@@ -141,7 +141,7 @@ def test_gradient_tape_loop_localises_a_fully_masked_attention_row():
     report = raised.value.report
     assert (report.phase, report.module, report.op) == ("forward", "attn", "softmax")
     assert report.samples == [9]
-    assert report.cause is None and report.cause_reason.startswith("unclear")
+    assert report.cause == "masked-attention"
 
 
 @pytest.mark.parametrize("setting", ["broken", "lower-lr"])
