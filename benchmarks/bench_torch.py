@@ -1,25 +1,38 @@
-"""Per-step cost of watching PyTorch training for NaN, as a ratio to the plain loop, measured in one run.
+"""Per-step cost of watching PyTorch training for NaN, as ratios to the plain loop, measured in one run.
 
-    python benchmarks/bench_torch.py
+    python benchmarks/bench_torch.py            # every model, the GradScaler variant and 2-rank DDP
+    python benchmarks/bench_torch.py --quick    # fewer rounds
 
-Variants: plain loop; nanlab.watch; torch.autograd.detect_anomaly; a forward hook on every module that checks
-``isfinite`` (the usual hand-rolled NaN hunt). Models: a small CNN and an RNN. Variants are timed in interleaved
-rounds of CPU time (``time.process_time``: on a shared machine, wall time mostly measures the other processes);
-each variant's ratio is the median over rounds of (its time / the plain loop's time in the same round).
+Models: a small CNN, an RNN, a small transformer block; the CNN again under float16 autocast with a GradScaler; and
+a 2-rank DistributedDataParallel run over gloo (the watch's check is combined across ranks by one all_reduce).
+Variants: the plain loop; nanlab.watch; and, as anchors, torch.autograd.detect_anomaly and a forward hook on every
+module that checks ``isfinite`` (the usual hand-rolled NaN hunt). Variants are timed in interleaved rounds (the
+order rotates every round), each round measuring wall-clock (``time.perf_counter``) and process CPU time
+(``time.process_time``); a variant's ratio is the median over rounds of (its time / the plain loop's time in the
+same round), so the machine's load drifting between rounds cancels out.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import os
+import socket
 import statistics
+import sys
+import tempfile
 import time
+import warnings
 
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
 import nanlab
 
-ROUNDS, STEPS_PER_ROUND, WARMUP = 25, 5, 5
+THREADS = 2
+ANCHORS = ("torch.autograd.detect_anomaly", "isfinite hook on every module")
 
 
 class SmallCNN(nn.Module):
@@ -43,25 +56,42 @@ class SmallRNN(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
+class TransformerBlock(nn.Module):
+    """One pre-norm encoder block (d_model 128, 4 heads, feed-forward 512) over 64 token embeddings, mean-pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(1000, 128)
+        self.block = nn.TransformerEncoderLayer(128, 4, 512, batch_first=True, norm_first=True, dropout=0.1)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, tokens):
+        return self.head(self.block(self.embed(tokens)).mean(dim=1))
+
+
 MODELS = {
-    "small CNN (2 conv + linear, 64 x 1x28x28)": (SmallCNN, (64, 1, 28, 28)),
-    "RNN (tanh, 128 units, 64 x 50 steps x 16)": (SmallRNN, (64, 50, 16)),
+    "small CNN (2 conv + linear, 64 x 1x28x28)": (SmallCNN, lambda: torch.randn(64, 1, 28, 28)),
+    "RNN (tanh, 128 units, 64 x 50 steps x 16)": (SmallRNN, lambda: torch.randn(64, 50, 16)),
+    "transformer block (d 128, 4 heads, 32 x 64 tokens)": (TransformerBlock, lambda: torch.randint(0, 1000, (32, 64))),
 }
+AMP_MODEL = "small CNN, float16 autocast + GradScaler"
 
 
 class Trainer:
-    """One model, optimizer and batch, trained under each variant in turn (so that all variants share memory)."""
+    """One model, optimizer and batch, trained under each variant in turn."""
 
-    def __init__(self, make_model, shape):
+    def __init__(self, make_model, make_input, amp=False):
         torch.manual_seed(0)
         self.model = make_model()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
-        self.x, self.y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.x = make_input()
+        self.y = torch.randint(0, 10, (self.x.shape[0],))
+        self.scaler = torch.amp.GradScaler("cpu") if amp else None
 
     def run(self, variant: str, steps: int) -> None:
         loss_fn, hooks, context = F.cross_entropy, [], contextlib.nullcontext()
         if variant == "nanlab.watch":
-            context = nanlab.watch(self.model, self.optimizer, F.cross_entropy)
+            context = nanlab.watch(self.model, self.optimizer, F.cross_entropy, scaler=self.scaler)
             loss_fn = context.loss_fn
         elif variant == "torch.autograd.detect_anomaly":
             context = torch.autograd.detect_anomaly(check_nan=True)
@@ -70,51 +100,96 @@ class Trainer:
         with context:
             for _ in range(steps):
                 self.optimizer.zero_grad()
-                loss_fn(self.model(self.x), self.y).backward()
-                self.optimizer.step()
+                if self.scaler is None:
+                    loss_fn(self.model(self.x), self.y).backward()
+                    self.optimizer.step()
+                else:
+                    with torch.autocast("cpu", dtype=torch.float16):
+                        loss = loss_fn(self.model(self.x), self.y)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
         for hook in hooks:
             hook.remove()
 
 
 def _check_output(module, args, output):
-    if not torch.isfinite(output[0] if isinstance(output, tuple) else output).all():
+    if isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
         raise FloatingPointError(f"non-finite output in {type(module).__name__}")
 
 
-VARIANTS = ("plain loop", "nanlab.watch", "torch.autograd.detect_anomaly", "isfinite hook on every module")
+def interleaved(run, variants, rounds: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Per variant: median wall and CPU ms per step, and median per-round ratios to the first variant."""
+    for variant in variants:
+        run(variant, warmup)
+    wall = {variant: [] for variant in variants}
+    cpu = {variant: [] for variant in variants}
+    for round_number in range(rounds):
+        shift = round_number % len(variants)  # rotate the order, so that no variant always runs first
+        for variant in variants[shift:] + variants[:shift]:
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            run(variant, steps)
+            wall[variant].append((time.perf_counter() - wall_start) / steps)
+            cpu[variant].append((time.process_time() - cpu_start) / steps)
+    base = variants[0]
+    return {variant: {
+        "wall_ms": 1e3 * statistics.median(wall[variant]), "cpu_ms": 1e3 * statistics.median(cpu[variant]),
+        "wall_ratio": statistics.median(t / p for t, p in zip(wall[variant], wall[base])),
+        "cpu_ratio": statistics.median(t / p for t, p in zip(cpu[variant], cpu[base])),
+    } for variant in variants}
 
 
-def measure(make_model, shape) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds per step, and median paired ratio to the plain loop, per variant."""
-    trainer = Trainer(make_model, shape)
-    for variant in VARIANTS:
-        trainer.run(variant, WARMUP)
-    times = {variant: [] for variant in VARIANTS}
-    for round_number in range(ROUNDS):
-        shift = round_number % len(VARIANTS)  # rotate the order, so that no variant always runs first
-        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-            start = time.process_time()
-            trainer.run(variant, STEPS_PER_ROUND)
-            times[variant].append((time.process_time() - start) / STEPS_PER_ROUND)
-    plain = times["plain loop"]
-    ratios = {name: statistics.median(t / p for t, p in zip(values, plain)) for name, values in times.items()}
-    return {name: statistics.median(values) for name, values in times.items()}, ratios
+# -- 2-rank DDP over gloo ------------------------------------------------------------------------------------------
+def _ddp_worker(rank, world, port, rounds, steps, warmup, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two ranks share the two threads
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    trainer = Trainer(SmallCNN, lambda: torch.randn(32, 1, 28, 28))
+    trainer.model = nn.parallel.DistributedDataParallel(trainer.model)
+    result = interleaved(trainer.run, ("plain loop", "nanlab.watch"), rounds, steps, warmup)
+    torch.distributed.destroy_process_group()
+    if rank == 0:
+        with open(out, "w") as handle:
+            json.dump(result, handle)
+
+
+def ddp(rounds: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "rank0.json")
+        mp.spawn(_ddp_worker, args=(2, port, rounds, steps, warmup, out), nprocs=2)
+        with open(out) as handle:
+            return json.load(handle)
+
+
+def table_rows(label: str, result: dict[str, dict[str, float]]) -> list[str]:
+    return [f"| {label} | {variant} | {r['wall_ms']:.2f} | {r['wall_ratio']:.3f}x | {r['cpu_ms']:.2f} | "
+            f"{r['cpu_ratio']:.3f}x |" for variant, r in result.items()]
 
 
 def main():
-    import warnings
-
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run; noisier ratios)")
+    args = parser.parse_args()
+    rounds, steps, warmup = (6, 3, 2) if args.quick else (21, 5, 5)
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
-    torch.set_num_threads(1)  # one core: stable timings on a shared machine
-    print(f"torch {torch.__version__}, CPU, 1 thread; process CPU time, {ROUNDS} interleaved rounds of "
-          f"{STEPS_PER_ROUND} steps, ratio = median of per-round ratios")
+    torch.set_num_threads(THREADS)
+    print(f"torch {torch.__version__}, CPU, {THREADS} threads (DDP: 2 ranks x 1 thread, gloo); {rounds} interleaved "
+          f"rounds of {steps} steps; ratio = median of per-round ratios to the plain loop")
     print()
-    print("| model | variant | CPU ms / step | ratio to plain |")
-    print("|---|---|---|---|")
-    for label, (make_model, shape) in MODELS.items():
-        medians, ratios = measure(make_model, shape)
-        for name in VARIANTS:
-            print(f"| {label} | {name} | {1e3 * medians[name]:.2f} | {ratios[name]:.3f}x |")
+    print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, (make_model, make_input) in MODELS.items():
+        trainer = Trainer(make_model, make_input)
+        variants = ("plain loop", "nanlab.watch") + (ANCHORS if "CNN" in label or "RNN" in label else ())
+        print("\n".join(table_rows(label, interleaved(trainer.run, variants, rounds, steps, warmup))), flush=True)
+    trainer = Trainer(SmallCNN, lambda: torch.randn(64, 1, 28, 28), amp=True)
+    print("\n".join(table_rows(AMP_MODEL, interleaved(trainer.run, ("plain loop", "nanlab.watch"), rounds, steps,
+                                                      warmup))), flush=True)
+    print("\n".join(table_rows("2-rank DDP small CNN (32 per rank, rank 0's clock)", ddp(rounds, steps, warmup))))
+    print(f"\n(command: python {' '.join(sys.argv)})")
 
 
 if __name__ == "__main__":
