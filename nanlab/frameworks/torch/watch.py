@@ -123,8 +123,6 @@ class BadStep:
     names: dict[int, str]
     loss_fn: Callable | None
     micro_batches: list[MicroBatch]
-    loss_nonfinite: bool
-    bad_labels: bool
     scale: float | None
     ignore_index: int
     overflow: bool  # the loss scaler skipped this step and the run of skipped steps persisted
@@ -361,9 +359,7 @@ class Watch:
         else:
             report = self._base_report(status, overflow)
             bad_step = BadStep(self._module, self._params, self._names, self._user_loss, list(self._micro_batches),
-                               loss_nonfinite=status.has_loss and not math.isfinite(status.own[LOSS]),
-                               bad_labels=status.own[BAD_LABELS] > 0, scale=report.loss_scale,
-                               ignore_index=self._ignore_index, overflow=overflow)
+                               scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow)
             try:
                 from nanlab.frameworks.torch import replay
             except ImportError as error:  # a torch release moved a private API: report without localisation
