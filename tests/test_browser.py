@@ -1,0 +1,176 @@
+"""Real Jupyter in a real browser: JupyterLab started as `make lab` starts it, driven by headless Chromium.
+
+Each test opens a notebook, runs all its cells from the Run menu, saves it, and checks that no dialog asked for a
+kernel, that no cell failed except those tagged ``raises-exception``, and that every figure rendered as an image
+the browser decoded. Screenshots go to ``results/screenshots/`` (or ``$NANLAB_SCREENSHOTS``).
+
+Needs Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs it) and the ``playwright`` package,
+which drives that Chromium (its own browser download is not used). Without them the tests skip and say why.
+The notebooks are served from a temporary copy, so the committed ones are never touched.
+"""
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nbformat
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOKEN = "nanlab-browser-test"
+SCREENSHOTS = pathlib.Path(os.environ.get("NANLAB_SCREENSHOTS", ROOT / "results" / "screenshots"))
+NOTEBOOKS = ["00-start-here.ipynb", "pytorch/01-high-learning-rate.ipynb", "tensorflow/01-high-learning-rate.ipynb"]
+RUN_TIMEOUT_S = 240
+
+pytestmark = pytest.mark.browser
+
+
+def chromium() -> str | None:
+    return os.environ.get("NANLAB_CHROMIUM") or next(
+        (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def lab_command(port: int, root_dir: pathlib.Path) -> list[str]:
+    """`make lab`'s command (--allow-root only as root), headless, on ``port``, with a known token."""
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+               f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root_dir}",
+               "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return command
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium()
+    if executable is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set NANLAB_CHROMIUM); .ci/run installs it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ModuleNotFoundError:
+        pytest.skip('playwright is not installed (pip install -e ".[dev]")')
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+def _lab_settings(folder: pathlib.Path) -> None:
+    """Render every cell (no windowing, so every figure is in the page) and ask nothing about news."""
+    for plugin, values in {"notebook-extension/tracker": '{"windowingMode": "none"}',
+                           "apputils-extension/notification": '{"fetchNews": "false"}'}.items():
+        path = folder / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(values)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, browser):
+    """JupyterLab serving a copy of notebooks/; yields (base URL, served folder)."""
+    served = tmp_path_factory.mktemp("lab") / "notebooks"
+    shutil.copytree(ROOT / "notebooks", served, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    settings = tmp_path_factory.mktemp("lab-settings")
+    _lab_settings(settings / "settings")
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(settings / "workspaces"), CUDA_VISIBLE_DEVICES="")
+    port = _free_port()
+    log = open(settings / "lab.log", "w")
+    server = subprocess.Popen(lab_command(port, served), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.terminate()
+                pytest.fail(f"JupyterLab did not start: {(settings / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url, served
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in front
+
+
+def _menu(page, menu: str, command: str) -> None:
+    page.locator(".lm-MenuBar-item", has_text=menu).first.click()
+    page.locator(f'.lm-Menu-item[data-command="{command}"]').click()
+
+
+def _prompts_all(page, pattern: str, timeout_s: float) -> None:
+    """Wait until every code cell's prompt in the front notebook matches ``pattern`` (a JS regex)."""
+    page.wait_for_function(
+        f"""() => {{
+            const prompts = [...document.querySelectorAll('{PANEL} .jp-CodeCell .jp-InputArea-prompt')];
+            return prompts.length > 0 && prompts.every(p => /{pattern}/.test(p.textContent));
+        }}""", timeout=timeout_s * 1000)
+
+
+def _open(page, url: str, name: str) -> None:
+    """Open ``name`` in a fresh workspace; wait until its kernel is idle or a dialog is up."""
+    workspace = name.replace("/", "-").removesuffix(".ipynb")
+    page.goto(f"{url}/lab/workspaces/{workspace}/tree/{name}?reset&token={TOKEN}", wait_until="domcontentloaded")
+    page.wait_for_function(
+        f"""() => document.querySelector('.jp-Dialog') ||
+                  document.querySelector('{PANEL} .jp-Notebook-ExecutionIndicator[data-status="idle"]')""",
+        timeout=90_000)
+
+
+def _run_all_and_save(page) -> None:
+    """Clear the committed outputs (execution counts too), run every cell from the Run menu, wait for the last
+    one to finish, save."""
+    _menu(page, "Edit", "editmenu:clear-all")
+    _prompts_all(page, r"^\[ \]", timeout_s=30)
+    _menu(page, "Run", "runmenu:run-all")
+    _prompts_all(page, r"^\[\d+\]", timeout_s=RUN_TIMEOUT_S)
+    page.keyboard.press("Control+s")
+    page.wait_for_function(f"() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_jupyterlab_in_chromium(lab, browser, name):
+    url, served = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    started = time.perf_counter()
+    _open(page, url, name)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    if page.locator(".jp-Dialog").count():
+        page.screenshot(path=str(SCREENSHOTS / f"{name.replace('/', '-')}-dialog.png"))
+        pytest.fail(f"a dialog opened with the notebook: {page.locator('.jp-Dialog').inner_text()[:200]!r} "
+                    "(a notebook without kernelspec metadata asks to select a kernel)")
+    loaded = time.perf_counter() - started
+    try:
+        _run_all_and_save(page)
+    finally:  # what the page showed, also when a wait timed out
+        page.screenshot(path=str(SCREENSHOTS / f"{name.replace('/', '-')}.png"))
+    ran = time.perf_counter() - started - loaded
+
+    saved = nbformat.read(served / name, as_version=4)
+    code = [cell for cell in saved.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "ran top to bottom, once"
+    errors = [cell for cell in code for output in cell.outputs if output.output_type == "error"]
+    assert all("raises-exception" in cell.metadata.get("tags", []) for cell in errors), \
+        [cell.source[:80] for cell in errors if "raises-exception" not in cell.metadata.get("tags", [])]
+    assert not [output for cell in code for output in cell.outputs if output.get("name") == "stderr"]
+    figures = sum("image/png" in output.get("data", {}) for cell in code for output in cell.outputs)
+    assert figures >= 1, "the notebook draws at least one figure"
+    decoded = page.evaluate(f"""() => [...document.querySelectorAll('{PANEL} .jp-OutputArea-output img')]
+                                   .filter(img => img.complete && img.naturalWidth > 0).length""")
+    assert decoded == figures, f"{decoded} of {figures} figures rendered in the browser"
+    print(f"{name}: page loaded in {loaded:.1f} s, ran all cells in {ran:.1f} s")
+    page.close()
