@@ -139,7 +139,7 @@ def _run_all_and_save(page) -> None:
     _menu(page, "Run", "runmenu:run-all")
     _prompts_all(page, r"^\[\d+\]", timeout_s=RUN_TIMEOUT_S)
     page.keyboard.press("Control+s")
-    page.wait_for_function(f"() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
