@@ -398,6 +398,8 @@ class Watch:
         report = NonFiniteReport("torch", max(step - 1, 0), "optimizer update", module=name, op="step",
                                  parameter=bad[0], recurrent=is_recurrent(bad[0]), losses=list(self.history.losses),
                                  grad_norms=list(self.history.grad_norms), optimizer=_optimizer_facts(self.optimizer))
+        dtype = next(p.dtype for p in self._params if self._names[id(p)] == bad[0])
+        report.dtype, report.dtype_max = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).max)
         if found_at is not None:
             report.note = (f"Found at step {found_at}, when the loss or gradients went non-finite: the update of "
                            f"step {max(found_at - 1, 0)} (or an earlier one, if `{bad[0]}` took no part since) made "
