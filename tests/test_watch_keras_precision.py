@@ -136,3 +136,27 @@ def test_xla_returns_nan_for_an_out_of_range_label_and_the_watch_names_it():
         assert (report.step, report.phase, report.samples) == (1, "data", [5]), str(report)
         assert report.label_problem and "8000" in report.label_problem and report.cause == "huge-labels"
         assert all(np.isfinite(w).all() for w in net.get_weights())
+
+
+class HomeMadeSoftplus(keras.layers.Layer):
+    def call(self, x):
+        return tf.math.log(1.0 + tf.exp(x))
+
+
+def test_the_range_is_measured_at_the_op_not_the_layer_output():
+    """float16's exp overflows past x = 11.1: the layer's output (about x) stays small in float32, the op's does
+    not, and the report gives the op's float32 magnitude."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, name="hidden", dtype="mixed_float16"),
+                              HomeMadeSoftplus(name="softplus", dtype="mixed_float16"),
+                              keras.layers.Dense(2, name="head", dtype="float32")])
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)), loss=sparse_ce())
+    x = np.random.default_rng(0).normal(size=(BATCH * STEPS, 5)).astype(np.float32) * 8
+    y = (x[:, 1] + x[:, 2] > 0).astype(np.int64)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
+    report = raised.value.report
+    assert (report.module, report.op, report.value, report.dtype) == ("softplus", "exp", "inf", "float16")
+    largest_input = report.op_inputs[0]["max_abs"]
+    assert 11.1 < largest_input < 88.7, "past float16's exp range, far inside float32's"
+    assert report.max_abs == pytest.approx(np.exp(largest_input), rel=0.05) and report.max_abs > 65504.0

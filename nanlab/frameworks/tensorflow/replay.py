@@ -50,6 +50,7 @@ class BadOp:
     dtype: str
     layer: object | None
     rows: list[int]
+    occurrence: int = 0  # how many ops of this type its layer ran before it (to find it again in float32)
 
 
 def _replay(step: FailedStep) -> None:
@@ -151,8 +152,9 @@ def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "
     if layer is not None:
         report.module_kind = type(layer).__name__
         report.recurrent = is_recurrent(type(layer).__name__)
-        if report.dtype is not None and tracer.culprit is not None and tracer.culprit[0] is layer:
-            report.max_abs = _magnitude_in_float32(layer, *tracer.culprit[1:3])
+        if report.dtype is not None and found is not None and tracer.culprit is not None and \
+                tracer.culprit[0] is layer:
+            report.max_abs = _magnitude_in_float32(layer, *tracer.culprit[1:3], found)
 
 
 def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
@@ -216,6 +218,7 @@ class _OpRecorder:
     def __init__(self, tracer: _LayerTracer | None, batch: int):
         self.tracer, self.batch = tracer, batch
         self.found: BadOp | None = None
+        self.counts: dict[tuple[int, str], int] = {}
 
     def __enter__(self):
         op_callbacks.add_op_callback(self._callback)
@@ -228,39 +231,54 @@ class _OpRecorder:
         if self.found is not None or graph is not None or op_type in FILL_OPS or (self.tracer and
                                                                                    self.tracer.checking):
             return None
+        layer = self.tracer.stack[-1] if self.tracer and self.tracer.stack else None
+        occurrence = self.counts.get((id(layer), op_type), 0)
+        self.counts[id(layer), op_type] = occurrence + 1
         floats = [t for t in outputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
         outs = [t.numpy() for t in floats]
         bad = [i for i, a in enumerate(outs) if not np.isfinite(a).all()]
         ins = [t.numpy() for t in inputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
         if bad and _turned_bad([outs[i] for i in bad], ins):
             first = outs[bad[0]]
-            layer = self.tracer.stack[-1] if self.tracer and self.tracer.stack else None
             rows = sorted(set(np.nonzero(~np.isfinite(first.reshape(first.shape[0], -1)))[0].tolist())) \
                 if first.ndim and first.shape[0] == self.batch else []
             self.found = BadOp(op_type.lower(), _kind(first), [_stats(a) for a in ins], floats[bad[0]].dtype.name,
-                               layer, rows)
+                               layer, rows, occurrence)
         return None
 
 
-def _magnitude_in_float32(layer, args, kwargs) -> float | None:
-    """The largest magnitude ``layer`` produces from the same inputs computed in float32: how far past a half
-    type's range its output really is. None when the layer cannot run in float32."""
+def _magnitude_in_float32(layer, args, kwargs, found: BadOp) -> float | None:
+    """How far past its half type's range the failing op really went: ``layer`` runs again from the same inputs
+    with every sublayer in float32, and the same op (the same occurrence of its type in that layer) is read. None
+    when the layer cannot run in float32, or its op overflows float32 too."""
     layers = [layer] + list(layer._flatten_layers(include_self=False))
     policies = [sublayer.dtype_policy for sublayer in layers]
     as_float32 = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if _is_tensor(t) and t.dtype.is_floating
                                        else t, (args, kwargs))
+    seen: list[np.ndarray] = []
+
+    def callback(op_type, inputs, attrs, outputs, op_name=None, graph=None):
+        if graph is None and op_type.lower() == found.op and not tracer.checking and tracer.stack and \
+                tracer.stack[-1] is layer:
+            seen.extend(np.abs(t.numpy()) for t in outputs or () if hasattr(t, "numpy") and t.dtype.is_floating)
+        return None
+
+    tracer = _LayerTracer(layers, batch=-1)
     try:
         for sublayer in layers:
             sublayer.dtype_policy = "float32"
-        output = layer(*as_float32[0], **as_float32[1])
+        op_callbacks.add_op_callback(callback)
+        with tracer:
+            layer(*as_float32[0], **as_float32[1])
     except (TypeError, ValueError, tf.errors.InvalidArgumentError):
         return None
     finally:
+        op_callbacks.remove_op_callback(callback)
         for sublayer, policy in zip(layers, policies):
             sublayer.dtype_policy = policy
-    values = [np.abs(t.numpy()) for t in _floats(tf.nest.flatten(output))]
-    finite = [v[np.isfinite(v)] for v in values]
-    return max((float(v.max()) for v in finite if v.size), default=None)
+    if len(seen) <= found.occurrence or not np.isfinite(seen[found.occurrence]).all():
+        return None
+    return float(seen[found.occurrence].max()) if seen[found.occurrence].size else None
 
 
 def _layer_path(layer, model) -> str:
