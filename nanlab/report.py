@@ -55,6 +55,7 @@ class NonFiniteReport:
     dtype: str | None = None
     dtype_max: float | None = None
     max_abs: float | None = None
+    input_max_abs: float | None = None  # largest finite |x| in the failing batch's model inputs (input scale)
     optimizer: dict = field(default_factory=dict)
     loss_scale: float | None = None
     skipped_in_a_row: int = 0
