@@ -312,7 +312,7 @@ def _plot(ax: Axes | None, run: Run, values: Sequence[float], colour: str | None
     state = _STATES.setdefault(ax, _AxisState(ylabel=name))
     state.series.append(_Series(run, values, colour, smooth))
     ax.set(xlabel="step", title=f"{run.cause}: {title} ({run.framework}, {run.device})")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # whole, round steps
     _redraw(ax)
     return ax
 
