@@ -21,6 +21,8 @@ HUGE_LABEL = 8000
 REGRESSION_SCALE = 1e10
 REGRESSION_STEPS = 100
 REGRESSION_LR = 0.05
+ADAM_LR = 1e-3  # Adam's default
+ADAM_STEPS = 300
 
 CAUSE = Cause(
     id="huge-labels",

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanlab.causes.huge_labels import (BATCH_SIZE, CAUSE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
+from nanlab.causes.huge_labels import (ADAM_LR, BATCH_SIZE, CAUSE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
                                        REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, r_squared,
                                        remap_labels)
 from nanlab.frameworks.torch.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
@@ -68,11 +68,14 @@ def r_squared_of(x: np.ndarray, y: np.ndarray, device: str, mean: float = 0.0, s
     return evaluate
 
 
-def regression_training(data: Dataset, seed: int, device: str, mean: float = 0.0, std: float = 1.0) -> Training:
+def regression_training(data: Dataset, seed: int, device: str, mean: float = 0.0, std: float = 1.0,
+                        adam: bool = False) -> Training:
     model = make_model(data.x_train.shape[1], 1).to(device)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=ADAM_LR) if adam
+                 else torch.optim.SGD(model.parameters(), lr=REGRESSION_LR))
     return Training(
         model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=REGRESSION_LR),
+        optimizer=optimizer,
         loss_fn=F.mse_loss,
         batches=minibatches(data.x_train, (data.y_train - mean) / std, BATCH_SIZE, seed, device),
         evaluate=r_squared_of(data.x_eval, data.y_eval, device, mean, std),
@@ -89,4 +92,10 @@ def regression_standardised(seed: int, device: str) -> Training:
     return regression_training(data, seed, device, mean, std)  # predictions * std + mean in evaluate
 
 
-REGRESSION_SETTINGS = {"broken": regression_broken, "standardise-targets": regression_standardised}
+def regression_adam(seed: int, device: str) -> Training:
+    # Adam moves each weight by about lr per step whatever the gradient's size: no overflow, and no way to 1e10
+    return regression_training(make_regression_data(seed), seed, device, adam=True)
+
+
+REGRESSION_SETTINGS = {"broken": regression_broken, "standardise-targets": regression_standardised,
+                       "adam": regression_adam}
