@@ -8,15 +8,16 @@ from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibat
 
 # CPU: "Received a label value of -1 which is outside the valid range of [0, 3)". On GPU TensorFlow does not
 # check: that sample's loss and gradient rows are NaN (per the TF docs), and the loop records non-finite.
+# XLA does not check either, so ``broken_under_xla`` shows the GPU behaviour on a CPU.
 EXPECTED_ERRORS = (tf.errors.InvalidArgumentError,)
 
 
 def make_model(num_outputs: int = NUM_CLASSES) -> keras.Model:
     return keras.Sequential([
         keras.Input((NUM_FEATURES,)),
-        keras.layers.Dense(HIDDEN_UNITS, activation="relu"),
-        keras.layers.Dense(num_outputs),
-    ])
+        keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden"),
+        keras.layers.Dense(num_outputs, name="output"),
+    ], name="mlp")
 
 
 def build_training(data: Dataset, seed: int, loss_fn=None) -> Training:
@@ -31,6 +32,12 @@ def build_training(data: Dataset, seed: int, loss_fn=None) -> Training:
 
 def broken(seed: int, device: str) -> Training:
     return build_training(make_data(seed), seed)  # labels -1, 0, 1
+
+
+def broken_under_xla(seed: int, device: str) -> Training:
+    """The broken setting with the loss compiled by XLA, which skips the label check as a GPU does: NaN, no error."""
+    loss_fn = tf.function(keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    return build_training(make_data(seed), seed, loss_fn=loss_fn)
 
 
 def map_to_indices(seed: int, device: str) -> Training:
