@@ -3,8 +3,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanlab.causes.exploding_rnn_gradients import (BATCH_SIZE, GRU_LR, HIDDEN_UNITS, LR, MAX_GRAD_NORM,
-                                                   SPECTRAL_RADIUS, make_data, recurrent_matrix)
+from nanlab.causes.exploding_rnn_gradients import (BATCH_SIZE, CLIP_VALUE, GRU_LR, HIDDEN_UNITS, LR,
+                                                   MAX_GRAD_NORM, SPECTRAL_RADIUS, make_data, recurrent_matrix)
 from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 
@@ -56,6 +56,16 @@ def gru(seed: int, device: str) -> Training:
 
 
 SETTINGS = {"broken": broken, "clip-grad-norm": clip_grad_norm, "gru": gru}
+
+
+def clip_grad_value(seed: int, device: str) -> Training:
+    """The same RNN with every gradient component clamped to [-CLIP_VALUE, CLIP_VALUE]: bounded, but turned."""
+    training = build_training(vanilla_rnn(), seed, device)
+    parameters = list(training.model.parameters())
+    # clip_grad_value_ between backward() and step(): an optimizer step pre-hook runs exactly there
+    training.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: torch.nn.utils.clip_grad_value_(parameters, CLIP_VALUE))
+    return training
 
 
 def gradients_at_init(seq_len: int, seed: int, spectral_radius: float = SPECTRAL_RADIUS) -> list[torch.Tensor]:
