@@ -32,7 +32,8 @@ def build_deck(path: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     notebook = nbformat.read(path, as_version=4)
     add_slide_metadata(notebook)
     exporter = SlidesExporter(template_name="nanlab_reveal", extra_template_basedirs=[str(TEMPLATES)],
-                              reveal_url_prefix=REVEAL_FOLDER, mathjax_url=mathjax_url(""), reveal_scroll=True)
+                              reveal_url_prefix=REVEAL_FOLDER, reveal_theme="white", mathjax_url=mathjax_url(""),
+                              reveal_scroll=True)
     html, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
     target = out / deck_name(path)
     target.write_text(html, encoding="utf-8")
