@@ -98,7 +98,7 @@ def _first_with_exercises(folder):
 def test_a_real_student_copy_fails_only_in_its_exercises(tmp_path, path):
     copy_path, = write_copies([path], tmp_path)
     copy = nbformat.read(copy_path, as_version=4)
-    errors = run_allowing_errors(copy, path.parent)
+    errors = run_allowing_errors(copy, copy_path.parent)  # where a student runs it
     unexpected = {index: name for index, name in errors.items() if index not in allowed_failures(copy)}
     assert not unexpected, f"cells outside the exercises failed without their solutions: {unexpected}"
     assert "NotImplementedError" in errors.values(), "the student's stub ran"
