@@ -239,9 +239,6 @@ def test_watch_names_fp16_overflow_through_the_nanlab_loop(framework):
     assert (report.cause, report.step, report.dtype) == (OVERFLOW.id, 0, "float16"), str(report)
 
 
-@pytest.mark.xfail(strict=False, reason="the watches do not yet report the parameters' dtype with the optimizer "
-                   "facts (torch: optimizer dict without param_dtype; Keras: the NaN weights are found in the next "
-                   "forward, with no optimizer facts)")
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_watch_names_fp16_adam_epsilon(framework):
     training = training_of(EPSILON, framework)

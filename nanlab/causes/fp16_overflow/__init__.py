@@ -39,7 +39,7 @@ CAUSE = Cause(
             "which the loss scale never touches", hides_problem=True, still_nonfinite=True),
     ),
     frameworks=("torch", "tensorflow"),
-    steps=40,
+    steps=25,
     score_name="held-out accuracy",
     pass_score=0.8,
     sources=(
