@@ -335,7 +335,7 @@ class KerasWatch(keras.callbacks.Callback):
 
     def _saved_batch(self):
         if not self._fitting:
-            x, y = self._batch
+            x, y = tf.nest.map_structure(_as_tensor, self._batch)
             return x, y, None
         strategy = self._strategy
         parts = [tf.concat(strategy.experimental_local_results(variable), axis=0) if variable.shape.rank != 0
@@ -466,7 +466,7 @@ class KerasWatch(keras.callbacks.Callback):
         """Your loss function, unchanged, with its value recorded and its class labels checked."""
         if self._user_loss is None:
             raise NanlabError("watch.loss_fn needs the loss function: nanlab.watch(model, optimizer, loss_fn)")
-        loss = self._user_loss(self._checked_labels(y_true, y_pred), y_pred, *args, **kwargs)
+        loss = self._user_loss(self._checked_labels(_as_tensor(y_true), y_pred), y_pred, *args, **kwargs)
         self._record_loss(loss)
         return loss
 
@@ -493,6 +493,11 @@ def variable_path(variable, model) -> str:
     path = getattr(variable, "path", None) or variable.name.split(":")[0]
     prefix = f"{getattr(model, 'name', '')}/"
     return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _as_tensor(value):
+    """NumPy batches as tensors (what the label check and the replay read); anything else unchanged."""
+    return tf.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
 
 
 def _read(variable):
