@@ -65,6 +65,7 @@ def _data_problem(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport
         report.symmetric_labels = symmetric_labels(target, bad.ignore_index)
         if target.is_floating_point() and target.numel():
             report.huge_targets = bool(target.detach().abs().max().item() > HUGE_TARGET_SCALE)
+    report.input_max_abs = _input_max_abs(_tensors((micro_batch.args, micro_batch.kwargs)))
     rows = _nonfinite_rows(tensors, batch)
     if not rows:
         return False
@@ -322,6 +323,13 @@ def _is_class_ids(output, target) -> bool:
 
 def _join(note: str | None, sentence: str) -> str:
     return f"{note} {sentence}" if note else sentence
+
+
+def _input_max_abs(inputs: list[torch.Tensor]) -> float | None:
+    """The largest finite |x| over the model's floating-point inputs (integer ids for an embedding have no scale)."""
+    largest = [t.detach().abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+               for t in inputs if t.is_floating_point() and t.numel()]
+    return max(largest) if largest else None
 
 
 def _turned_bad(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> bool:
