@@ -42,10 +42,10 @@ CAUSE = Cause(
     score_name="held-out accuracy",
     pass_score=0.8,
     sources=(
-        "PyTorch docs, torch.nn.MultiheadAttention / scaled_dot_product_attention: key_padding_mask and attn_mask "
-        "(a row that masks every key gives NaN)",
-        "TensorFlow docs, keras.layers.MultiHeadAttention: attention_mask; Keras adds a large negative number "
-        "(-1e9 scaled to the dtype) instead of -inf",
+        "PyTorch docs, torch.nn.MultiheadAttention: key_padding_mask (measured here, torch 2.13: a sample whose keys "
+        "are all masked gives NaN; F.scaled_dot_product_attention gives 0 for a fully masked row on the CPU)",
+        "Keras docs, keras.layers.MultiHeadAttention: attention_mask (measured here, Keras 3.15: a query whose keys "
+        "are all masked stays finite, since Keras' masked softmax adds a large finite negative number)",
     ),
     package=__name__,
 )
