@@ -10,6 +10,7 @@ BATCH_SIZE = 64
 BROKEN_LR = 5.0  # plain SGD at this rate blows the 3-layer MLP up within ~10 steps
 SANE_LR = 0.1
 MAX_GRAD_NORM = 0.25
+WARMUP_STEPS = 20  # the warmup section: BROKEN_LR reached linearly over 20 steps, then cosine decay
 
 CAUSE = Cause(
     id="high-learning-rate",

@@ -1,19 +1,21 @@
 """High learning rate in PyTorch: the broken setting and its fixes."""
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanlab.causes.high_learning_rate import (BATCH_SIZE, BROKEN_LR, HIDDEN_UNITS, MAX_GRAD_NORM, NUM_CLASSES,
-                                              NUM_FEATURES, SANE_LR, make_data)
+from nanlab.causes.high_learning_rate import (BATCH_SIZE, BROKEN_LR, CAUSE, HIDDEN_UNITS, MAX_GRAD_NORM,
+                                              NUM_CLASSES, NUM_FEATURES, SANE_LR, WARMUP_STEPS, make_data)
 from nanlab.frameworks.torch.loop import Training, accuracy, lr_range_test, minibatches
 
 
 def make_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(NUM_FEATURES, HIDDEN_UNITS), nn.LeakyReLU(0.1),
-        nn.Linear(HIDDEN_UNITS, HIDDEN_UNITS), nn.LeakyReLU(0.1),
-        nn.Linear(HIDDEN_UNITS, NUM_CLASSES),
-    )
+    return nn.Sequential(OrderedDict(
+        hidden_1=nn.Linear(NUM_FEATURES, HIDDEN_UNITS), act_1=nn.LeakyReLU(0.1),
+        hidden_2=nn.Linear(HIDDEN_UNITS, HIDDEN_UNITS), act_2=nn.LeakyReLU(0.1),
+        logits=nn.Linear(HIDDEN_UNITS, NUM_CLASSES),
+    ))
 
 
 def build_training(seed: int, device: str, lr: float, max_grad_norm: float | None = None) -> Training:
@@ -47,6 +49,16 @@ def lr_finder(seed: int, device: str) -> Training:
     found_lr = lr_range_test(training)  # restores the weights it trained on
     for group in training.optimizer.param_groups:
         group["lr"] = found_lr
+    return training
+
+
+def warmup_to_broken_lr(seed: int, device: str) -> Training:
+    """Not a fix (the notebook's warmup section): the broken rate, reached by a linear warmup, then cosine decay."""
+    training = build_training(seed, device, lr=BROKEN_LR)
+    optimizer = training.optimizer
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / WARMUP_STEPS, total_iters=WARMUP_STEPS)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=CAUSE.steps - WARMUP_STEPS)
+    training.scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[WARMUP_STEPS])
     return training
 
 
