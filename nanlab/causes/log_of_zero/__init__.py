@@ -4,6 +4,8 @@ Once a logit trails the largest one by more than ~104 (float32; ~87 where denorm
 TensorFlow does on CPU), its softmax probability rounds to exactly 0.0. ``log(0) = -inf`` and the one-hot zero
 in front of it gives ``0 * -inf = NaN``; the gradient of ``log`` at 0 is ``0 / 0 = NaN`` too.
 """
+import numpy as np
+
 from nanlab.data import Dataset, make_blobs
 from nanlab.registry import Cause, Fix
 
@@ -15,6 +17,11 @@ LR = 0.1  # Adam: a brisk rate that keeps growing the logits of an already-confi
 EPS = 1e-8  # the add-eps fix: log(p + EPS)
 MIN_PROB = 1e-7  # the clip-input fix: log(clip(p, MIN_PROB, 1)); Keras's own epsilon
 LOG_FLOOR = -100.0  # the wrong fix: clip(log(p), LOG_FLOOR, 0), the floor torch's BCELoss uses
+# Log of a negative number (a section of the notebooks, not the broken setting): a count model whose head outputs
+# the Poisson rate itself, trained with the hand-written Poisson loss rate - y * log(rate).
+COUNT_FEATURES = 8
+COUNT_HIDDEN_UNITS = 32
+COUNT_LR = 0.01  # Adam; a sample's predicted rate crosses below 0 within ~20 steps
 
 CAUSE = Cause(
     id="log-of-zero",
@@ -54,3 +61,13 @@ CAUSE = Cause(
 def make_data(seed: int) -> Dataset:
     """Four Gaussian classes in 20 standardised features; an MLP separates the training set and gets confident."""
     return make_blobs(seed, NUM_CLASSES, NUM_FEATURES, num_samples=1024, spread=1.0)
+
+
+def make_counts(seed: int, num_samples: int = 1024, eval_fraction: float = 0.25) -> Dataset:
+    """Poisson counts whose log-rate is linear in 8 standard-normal features (mean count ~3): ``y`` is float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, COUNT_FEATURES)).astype(np.float32)
+    log_rate = 0.3 * x @ rng.normal(size=COUNT_FEATURES) + 1.0
+    y = rng.poisson(np.exp(log_rate)).astype(np.float32)
+    num_eval = int(num_samples * eval_fraction)
+    return Dataset(x[num_eval:], y[num_eval:], x[:num_eval], y[:num_eval])
