@@ -3,8 +3,8 @@ a +inf score can do: the softmax of finite scores is always finite, since it sub
 from nanlab.causes.masked_attention import CAUSE
 from nanlab.diagnosis import DIRECT, Verdict
 
-# torch function names and TensorFlow op types, lower-cased
-SOFTMAX_OPS = {"softmax", "log_softmax", "logsoftmax", "scaled_dot_product_attention"}
+# torch function names and TensorFlow op types, lower-cased; the attention functions hold a softmax inside
+SOFTMAX_OPS = {"softmax", "log_softmax", "logsoftmax", "scaled_dot_product_attention", "multi_head_attention_forward"}
 
 
 def diagnose(report) -> Verdict | None:
