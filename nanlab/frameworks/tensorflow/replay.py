@@ -57,6 +57,7 @@ def _replay(step: FailedStep) -> None:
     report, x, y = step.report, step.x, step.y
     batch = _batch_size(x)
     report.batch_size = batch
+    report.input_max_abs = _input_max_abs(x)
     if _is_tensor(y):
         report.symmetric_labels = symmetric_labels(y, ignore_index=None)
         if y.dtype.is_floating:
@@ -286,6 +287,13 @@ def _layer_path(layer, model) -> str:
     path = getattr(layer, "path", None) or layer.name
     prefix = f"{getattr(model, 'name', '')}/"
     return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _input_max_abs(x) -> float | None:
+    """The largest finite |x| among the model's float inputs (the input scale); integer ids have no scale."""
+    largest = [float(tf.reduce_max(tf.abs(tf.where(tf.math.is_finite(t), t, tf.zeros_like(t)))))
+               for t in _floats(tf.nest.flatten(x)) if tf.size(t) > 0]
+    return max(largest, default=None)
 
 
 def _is_tensor(value) -> bool:
