@@ -215,8 +215,6 @@ def test_the_unnormalised_rule_reads_the_input_scale():
     assert data.cause == "dirty-data"
 
 
-@pytest.mark.xfail(reason="the watches do not fill report.input_max_abs yet (asked of the watch engineers); until "
-                          "then the run is blamed on high-learning-rate, the growth it also shows", strict=False)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_the_watch_names_unnormalised_inputs_on_the_broken_run(framework):
     cause = nanlab.get_cause("unnormalised-inputs")
@@ -227,7 +225,6 @@ def test_the_watch_names_unnormalised_inputs_on_the_broken_run(framework):
     assert report.cause == "unnormalised-inputs", str(report)
 
 
-@pytest.mark.xfail(reason="the watch does not fill report.input_max_abs yet", strict=False)
 def test_the_torch_watch_names_unnormalised_inputs_on_raw_house_prices_in_its_own_loop(torch):
     """Another model (two outputs), other data (raw-unit features: square metres and prices), its own loop."""
     from torch import nn
