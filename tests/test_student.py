@@ -9,13 +9,14 @@ from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from student_copies import BEGIN, CODE_STUB, EXERCISE_TAG, strip_solutions, student_copy, write_copies  # noqa: E402
+from student_copies import (CODE_STUB, EXERCISE_TAG, has_solution, strip_solutions, student_copy,  # noqa: E402
+                            write_copies)
 
 NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
 
 
 def _has_exercises(path):
-    return any(BEGIN in cell.source for cell in nbformat.read(path, as_version=4).cells)
+    return any(has_solution(cell.source) for cell in nbformat.read(path, as_version=4).cells)
 
 
 def allowed_failures(notebook) -> set[int]:
@@ -45,6 +46,8 @@ def test_solutions_become_a_stub_at_their_indentation():
     assert strip_solutions(source, CODE_STUB) == f"def double(x):\n    {CODE_STUB}\n\nprint('kept')"
     with pytest.raises(ValueError, match="unbalanced"):
         strip_solutions("### BEGIN SOLUTION\nx = 1", CODE_STUB)
+    prose = "Solutions go between `### BEGIN SOLUTION` and `### END SOLUTION`."
+    assert not has_solution(prose) and strip_solutions(prose, CODE_STUB) == prose
 
 
 def _fixture_notebook():
@@ -82,7 +85,7 @@ def test_make_student_writes_every_notebook_without_solutions_or_outputs(tmp_pat
     assert len(written) == len(NOTEBOOKS)
     for target in written:
         notebook = nbformat.read(target, as_version=4)
-        assert not any(BEGIN in cell.source for cell in notebook.cells), target
+        assert not any(has_solution(cell.source) for cell in notebook.cells), target
         assert all(not cell.outputs and cell.execution_count is None
                    for cell in notebook.cells if cell.cell_type == "code"), target
 

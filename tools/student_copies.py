@@ -6,7 +6,9 @@ The nbgrader convention: in a code cell, the lines from ``### BEGIN SOLUTION`` t
 included) become ``raise NotImplementedError("your answer here")`` at the markers' indentation; in a markdown
 cell they become *Your answer here.* Every other cell is kept as written, so the check cell after an exercise
 still tests the student's answer. Cells that held a solution are tagged ``exercise``; outputs and execution
-counts are cleared. Copies keep the notebooks' layout under ``--out`` (``<out>/pytorch/01-….ipynb``).
+counts are cleared. Copies keep the repository's layout under ``--out`` (``<out>/notebooks/pytorch/01-….ipynb``)
+and ``--out`` links to the repository's other top-level folders (``benchmarks``, ``docs`` …), so that a notebook's
+relative paths (``../../benchmarks/RESULTS.md``) still resolve when a student runs the copy from its folder.
 
 Convention for authors: an exercise is a code cell with the solution between the markers; the cells that check
 the answer follow it directly, before the next markdown cell (tests/test_student.py expects a student copy to fail
@@ -15,31 +17,40 @@ in those cells only).
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import re
 
 import nbformat
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = 'raise NotImplementedError("your answer here")'
 MARKDOWN_STUB = "*Your answer here.*"
 EXERCISE_TAG = "exercise"
+BEGIN_LINE = re.compile(rf"^[ \t]*{re.escape(BEGIN)}", re.MULTILINE)
+END_LINE = re.compile(rf"^[ \t]*{re.escape(END)}", re.MULTILINE)
 SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(\n|$)",
                       re.MULTILINE | re.DOTALL)
 
 
 def strip_solutions(source: str, stub: str) -> str:
     """``source`` with each solution region replaced by ``stub`` at the region's indentation."""
-    if source.count(BEGIN) != source.count(END):
+    if len(BEGIN_LINE.findall(source)) != len(END_LINE.findall(source)):
         raise ValueError(f"unbalanced solution markers in:\n{source}")
     return SOLUTION.sub(lambda match: f"{match.group(1)}{stub}{match.group(2)}", source)
+
+
+def has_solution(source: str) -> bool:
+    """True when a line of ``source`` opens a solution (a marker quoted inside prose does not count)."""
+    return bool(BEGIN_LINE.search(source))
 
 
 def student_copy(notebook):
     """A copy of ``notebook`` with solutions stubbed, exercise cells tagged, outputs cleared."""
     copy = nbformat.from_dict(notebook)
     for cell in copy.cells:
-        if BEGIN in cell.source:
+        if has_solution(cell.source):
             cell.source = strip_solutions(cell.source, CODE_STUB if cell.cell_type == "code" else MARKDOWN_STUB)
             tags = cell.metadata.setdefault("tags", [])
             if EXERCISE_TAG not in tags:
@@ -53,12 +64,23 @@ def student_copy(notebook):
 
 def write_copies(notebooks: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
     written = []
+    _link_repository(out)
     for path in notebooks:
-        target = out / path.parent.name / path.name if path.parent.name != "notebooks" else out / path.name
+        target = out / path.resolve().relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(student_copy(nbformat.read(path, as_version=4)), target)
         written.append(target)
     return written
+
+
+def _link_repository(out: pathlib.Path) -> None:
+    """Link ``out/<name>`` to each top-level folder of the repository other than notebooks/ and build/."""
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in ROOT.iterdir():
+        link = out / entry.name
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("notebooks", "build") \
+                and not link.exists():
+            link.symlink_to(os.path.relpath(entry, out.resolve()), target_is_directory=True)
 
 
 def main() -> None:
