@@ -27,7 +27,8 @@ def watch(model, optimizer=None, loss_fn=None, **options):
     training = None
     if isinstance(model, Training):
         training, model, optimizer, loss_fn = model, model.model, model.optimizer, model.loss_fn
-    framework = framework_of(model)
+    # A list of variables (low-level TensorFlow) belongs to the framework of its first element.
+    framework = framework_of(model[0] if isinstance(model, (list, tuple)) and model else model)
     if framework is None:
         accepted = ", ".join(framework.watchable for framework in list_frameworks())
         raise NanlabError(f"nanlab.watch needs {accepted} or a nanlab Training, got {type(model).__name__}")

@@ -89,7 +89,8 @@ class LabelFindings:
         if not bad:
             return None
         valid = f"0..{self.num_classes - 1}" if self.num_classes is not None else "non-negative integer ids"
-        values = ", ".join(f"{value:g}" for value in self.bad_values[:MAX_LISTED])
+        distinct = list(dict.fromkeys(f"{value:g}" for value in self.bad_values))  # each value once, in order
+        values = ", ".join(distinct[:MAX_LISTED]) + (" …" if len(distinct) > MAX_LISTED else "")
         return f"labels outside {valid} (label {values} at sample {listed(bad)})"
 
 

@@ -28,9 +28,8 @@ class NonFiniteReport:
     ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak). Under torch.distributed,
     ``rank`` is the rank whose evidence the report gives and ``ranks`` every rank where the first non-finite value
     appeared; with gradient accumulation, ``micro_batch`` is the micro-batch of the update (from 0) that carries
-    it (None when the update had one). ``grad_norms`` is the history
-    of ``norm_name`` per healthy step: the gradient norm (PyTorch) or the update norm (Keras, whose ``fit`` exposes
-    no gradients).
+    it (None when the update had one). ``grad_norms`` is the global gradient norm per healthy step, in unscaled
+    units under a loss scaler, in both frameworks (``norm_name`` says so in the sentences).
     """
 
     framework: str

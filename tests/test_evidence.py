@@ -50,3 +50,8 @@ def test_nanlab_scan_defaults_to_the_evidence_modules_ignore_index():
     from nanlab.evidence import IGNORE_INDEX
 
     assert inspect.signature(nanlab.scan).parameters["ignore_index"].default == IGNORE_INDEX
+
+
+def test_a_report_phrase_names_each_bad_value_once():
+    phrase = inspect_labels(np.array([-1, -1, 0, -1, 1, -1]), num_classes=2).phrase()
+    assert phrase == "labels outside 0..1 (label -1 at sample 0, 1, 3, 5)"

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("tensorflow")
 import nanlab  # noqa: E402
 from nanlab.errors import NanlabError  # noqa: E402
-from nanlab.frameworks.tensorflow import watch as keras_watch  # noqa: E402
 from nanlab.frameworks.tensorflow.backend import keras, tf  # noqa: E402
 
 BATCH = 16
@@ -90,7 +89,7 @@ def test_a_list_of_variables_is_watched_without_localisation():
     w, b = tf.Variable(tf.random.normal((4, 1), seed=0)), tf.Variable(tf.zeros(1))
     optimizer = keras.optimizers.SGD(0.5)
     with pytest.raises(nanlab.NonFiniteError) as raised:
-        with keras_watch.watch([w, b], optimizer, mse) as watch:
+        with nanlab.watch([w, b], optimizer, mse) as watch:
             train(watch, [w, b], optimizer, lambda x: tf.matmul(x, w) + b)
     report = raised.value.report
     assert report.step == watch.step > 3 and "list of variables has no forward pass" in report.note

@@ -8,6 +8,6 @@ FRAMEWORK = Framework(
     notebook_folder="tensorflow",
     install_hint="pip install 'nanlab[tensorflow]'",
     root_modules=("tensorflow", "keras", "tf_keras"),
-    watchable="a keras.Model",
+    watchable="a keras.Model, a tf.Module or a list of tf.Variables",
     package=__name__,
 )
