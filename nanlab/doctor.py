@@ -57,23 +57,6 @@ class BuildInfo:
         return self.cuda is None
 
 
-def _torch_build(backend) -> BuildInfo:
-    torch = backend.torch
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return BuildInfo(torch.version.cuda, str(cudnn) if cudnn else None)
-
-
-def _tensorflow_build(backend) -> BuildInfo:
-    info = backend.tf.sysconfig.get_build_info()
-    cuda = info.get("cuda_version") if info.get("is_cuda_build") else None
-    return BuildInfo(cuda, info.get("cudnn_version") if cuda else None)
-
-
-# How to read each framework's build facts. These belong in each framework's backend.py as ``build_info()``; a
-# backend that has one is asked first, so the table can go once every backend does.
-BUILD_PROBES = {"torch": _torch_build, "tensorflow": _tensorflow_build}
-
-
 def gpu_on_machine() -> bool:
     """True when the machine has an NVIDIA driver loaded, whatever the frameworks see."""
     return pathlib.Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
@@ -88,12 +71,9 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Find
     return Finding("python", f"{found} ({platform.python_implementation()}, {sys.executable})")
 
 
-def _build(framework: Framework) -> BuildInfo | None:
-    own = getattr(framework.backend, "build_info", None)
-    if own is not None:
-        return own()
-    probe = BUILD_PROBES.get(framework.name)
-    return probe(framework.backend) if probe else None
+def _build(framework: Framework) -> BuildInfo:
+    """The backend's ``build_info()`` (``{"cuda": ..., "cudnn": ...}``, None for what the build lacks)."""
+    return BuildInfo(**framework.backend.build_info())
 
 
 def _yes(flag: bool) -> str:
@@ -112,8 +92,6 @@ def check_framework(framework: Framework, gpu_present: bool) -> list[Finding]:
         for device, caps in ((device, backend.capabilities(device)) for device in devices))
     findings = [Finding(framework.name, f"{backend.version()}; sees {', '.join(devices)} ({support})")]
     build = _build(framework)
-    if build is None:
-        return findings
     built = "CPU-only build" if build.cpu_only else f"built for CUDA {build.cuda}, cuDNN {build.cudnn or 'none'}"
     topic = f"{framework.name} build"
     if gpu_present and build.cpu_only:

@@ -1,4 +1,5 @@
 """`nanlab doctor`: one line per finding, a problem names its fix, exit 0 when all is well and 1 otherwise."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ def fake_framework(has_gpu: bool, build: BuildInfo, bfloat16_on_gpu: bool = True
         return {"float16": True, "bfloat16": bfloat16_on_gpu if device == "cuda" else True}
 
     backend = SimpleNamespace(has_gpu=lambda: has_gpu, capabilities=capabilities, version=lambda: "fakeflow 1.0",
-                              build_info=lambda: build)
+                              build_info=lambda: dataclasses.asdict(build))
     return SimpleNamespace(name="fakeflow", backend=backend)
 
 

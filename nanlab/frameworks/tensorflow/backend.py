@@ -36,3 +36,10 @@ def version() -> str:
 def capabilities(device: str) -> dict[str, bool]:
     """What ``device`` can run: float16/bfloat16 (Keras mixed policies) and XLA (``jit_compile=True``)."""
     return {"float16": True, "bfloat16": True, "xla": True}
+
+
+def build_info() -> dict[str, str | None]:
+    """The CUDA and cuDNN versions this TensorFlow was built with (None in a CPU-only build)."""
+    info = tf.sysconfig.get_build_info()
+    cuda = info.get("cuda_version") if info.get("is_cuda_build") else None
+    return {"cuda": cuda, "cudnn": info.get("cudnn_version") if cuda else None}

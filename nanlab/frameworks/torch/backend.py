@@ -28,3 +28,9 @@ def capabilities(device: str) -> dict[str, bool]:
     if device == "cuda":
         return {"float16": True, "bfloat16": torch.cuda.is_bf16_supported()}
     return {"float16": True, "bfloat16": True}  # CPU autocast supports both (slowly), which is what the demos use
+
+
+def build_info() -> dict[str, str | None]:
+    """The CUDA and cuDNN versions this torch was built with (None in a CPU-only build)."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None}
