@@ -1,6 +1,7 @@
 """huge-labels and exploding-rnn-gradients: the label check, the documented CPU exceptions, the regression cousin,
 and the RNN gradient norm growing geometrically with sequence length."""
 import math
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,10 @@ import nanlab
 from nanlab.causes import exploding_rnn_gradients as rnn
 from nanlab.causes import huge_labels
 from nanlab.evidence import apply_encoding, check_labels, encode_labels, find_bad_labels
+
+# nanlab's TensorFlow numerics are those without oneDNN's graph rewrites (nanlab.frameworks.tensorflow.backend sets
+# this before TF loads). Tests that import TF directly must see the same, or a compiled RNN's losses differ slightly.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 # --- the label check (framework-neutral) ---
@@ -200,3 +205,114 @@ def test_binary_cross_entropy_with_minus_one_targets_runs_to_minus_infinity(fram
     finite = [loss for loss in history.losses if math.isfinite(loss)]
     assert min(finite) < -1e20  # unbounded below: the loss keeps falling past any bound ...
     assert history.first_nonfinite_step is not None and history.losses[-1] == -math.inf  # ... until float32 ends
+
+
+# --- fold-ins: Adam on 1e10 targets, out-of-range labels under XLA, clip by value vs by norm over seeds ---
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_adam_on_1e10_targets_stays_finite_and_never_learns(framework):
+    pytest.importorskip(framework)
+    from nanlab.frameworks import get_framework
+    from nanlab.seeding import seed_everything
+
+    recipe = nanlab.get_cause("huge-labels").recipe(framework)
+    seed_everything(0, framework)
+    training = recipe.REGRESSION_SETTINGS["adam"](0, "cpu")
+    history = get_framework(framework).loop.train(training, huge_labels.ADAM_STEPS)
+    assert history.first_nonfinite_step is None and len(history.losses) == huge_labels.ADAM_STEPS
+    assert min(history.losses) > 1e18  # every step of the record, not only the last
+    assert training.evaluate(training.model) < 0.05  # held-out R²: no better than predicting the mean
+
+
+@pytest.mark.parametrize("cause_id", ["huge-labels", "symmetric-labels"])
+def test_tensorflow_out_of_range_labels_give_nan_under_xla_where_eager_raises(cause_id):
+    pytest.importorskip("tensorflow")
+    import importlib
+
+    from nanlab.data import minibatch_indices
+    from nanlab.frameworks.tensorflow.loop import train
+    from nanlab.seeding import seed_everything
+
+    cause = nanlab.get_cause(cause_id)
+    package = importlib.import_module(cause.package)
+    seed_everything(0, "tensorflow")
+    history = train(cause.recipe("tensorflow").broken_under_xla(0, "cpu"), cause.steps)  # XLA does not check
+    assert history.first_nonfinite_step is not None and math.isnan(history.losses[-1])
+    assert all(math.isfinite(loss) for loss in history.losses[:-1])
+    labels = package.make_data(0).y_train
+    bad = find_bad_labels(labels, package.NUM_CLASSES)
+    first_bad_step = next(step for step, rows in enumerate(minibatch_indices(len(labels), package.BATCH_SIZE, 0))
+                          if np.isin(rows, bad).any())
+    assert history.first_nonfinite_step == first_bad_step  # NaN exactly at the first batch holding a bad label
+
+
+def _rnn_outcomes(framework, setting, seeds):
+    from nanlab.frameworks import get_framework
+    from nanlab.seeding import seed_everything
+
+    cause = nanlab.get_cause("exploding-rnn-gradients")
+    outcomes = []
+    for seed in seeds:
+        seed_everything(seed, framework)
+        training = setting(seed, "cpu")
+        history = get_framework(framework).loop.train(training, cause.steps)
+        score = training.evaluate(training.model) if history.first_nonfinite_step is None else None
+        outcomes.append((history.first_nonfinite_step, cause.judge_learning(history.losses, score)))
+    return outcomes
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_clip_by_value_keeps_runs_finite_but_learns_on_fewer_seeds_than_clip_by_norm(framework):
+    pytest.importorskip(framework)
+    recipe = nanlab.get_cause("exploding-rnn-gradients").recipe(framework)
+    seeds = range(5)  # the notebooks' COMPARISON_SEEDS
+    by_norm = _rnn_outcomes(framework, recipe.clip_grad_norm, seeds)
+    by_value = _rnn_outcomes(framework, recipe.clip_grad_value, seeds)
+    assert all(step is None for step, _ in by_norm + by_value)  # both clips bound every step
+    assert all(learned for _, learned in by_norm)
+    assert sum(learned for _, learned in by_value) < len(seeds)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_rnn_small_initialisation_alone_does_not_learn(framework):
+    pytest.importorskip(framework)
+    recipe = nanlab.get_cause("exploding-rnn-gradients").recipe(framework)
+    if framework == "torch":
+        def small_init(seed, device):
+            return recipe.build_training(recipe.vanilla_rnn(0.9), seed, device)
+    else:
+        from nanlab.frameworks.tensorflow.loop import keras
+
+        def small_init(seed, device):
+            return recipe.build_training(recipe.CompiledForward(recipe.vanilla_rnn(spectral_radius=0.9)), seed,
+                                         keras.optimizers.SGD(learning_rate=rnn.LR))
+    outcomes = _rnn_outcomes(framework, small_init, range(5))
+    assert not any(learned for _, learned in outcomes)
+    assert sum(step is not None for step, _ in outcomes) >= 3  # most go non-finite: training moves W past 1
+
+
+def test_rnn_overflow_length_predicted_from_long_sequences_brackets_the_measured_overflow():
+    pytest.importorskip("torch")
+    recipe = nanlab.get_cause("exploding-rnn-gradients").recipe("torch")
+    float32_max = float(np.finfo(np.float32).max)
+
+    def predicted(lengths):
+        slope, intercept = np.polyfit(lengths, np.log([recipe.gradient_norm_at_init(n) for n in lengths]), 1)
+        return (math.log(float32_max) - intercept) / slope
+
+    late, early = predicted([100, 150, 200]), predicted([40, 50, 60])
+    assert early < late  # the per-step factor drifts down towards 1.25 with length, so short fits predict early
+    assert math.isfinite(recipe.gradient_norm_at_init(int(late) - 25))
+    assert not math.isfinite(recipe.gradient_norm_at_init(int(late) + 25))
+
+
+def test_keras_recipe_models_name_their_layers():
+    pytest.importorskip("tensorflow")
+    import re
+
+    for cause_id in ("huge-labels", "symmetric-labels", "exploding-rnn-gradients"):
+        recipe = nanlab.get_cause(cause_id).recipe("tensorflow")
+        for name in ("broken", *nanlab.get_cause(cause_id).fix_ids):
+            model = recipe.SETTINGS[name](0, "cpu").model
+            paths = [variable.path for variable in model.trainable_variables]
+            assert not [p for p in paths if re.search(r"(^|/)(dense|sequential|simple_rnn|gru)_\d+/", p)], paths
