@@ -1,7 +1,6 @@
 """huge-labels and exploding-rnn-gradients: the label check, the documented CPU exceptions, the regression cousin,
 and the RNN gradient norm growing geometrically with sequence length."""
 import math
-import os
 import subprocess
 import sys
 
@@ -12,10 +11,6 @@ import nanlab
 from nanlab.causes import exploding_rnn_gradients as rnn
 from nanlab.causes import huge_labels
 from nanlab.evidence import apply_encoding, check_labels, encode_labels, find_bad_labels
-
-# nanlab's TensorFlow numerics are those without oneDNN's graph rewrites (nanlab.frameworks.tensorflow.backend sets
-# this before TF loads). Tests that import TF directly must see the same, or a compiled RNN's losses differ slightly.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 # --- the label check (framework-neutral) ---
