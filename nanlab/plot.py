@@ -42,6 +42,7 @@ FEW_POINTS = 25  # up to this many finite points a run is drawn with a marker on
 SQUASH_DECADES = 3.0  # the broken run may stretch the axis this many decades beyond the other runs before clipping
 NOISY_DECADES = 2.0  # a long run is noisy when a quarter of its steps change its value by this many decades
 NOISY_MIN_POINTS = 50
+SCORE_FLOOR = -1.0  # score bars stop here (an R^2 can be -400); the label still shows the true score
 
 
 @dataclass
@@ -261,10 +262,10 @@ def _scale(ax: Axes, values: list[float], focus: tuple[float, float] | None, noi
     if noisy or (min(values) <= 0 and not _spans_decades(values)):
         ax.set_yscale("linear")
         ax.autoscale_view()
-    elif min(values) > 0:
+    elif min(values) >= 0:  # exact zeros (a clipped gradient norm) cannot sit on a log axis; the rest can
         ax.set_yscale("log")
         ax.autoscale_view(scaley=False)
-        low, high = _y_limits(values, focus)
+        low, high = _y_limits([value for value in values if value > 0], focus)
         ax.set_ylim(low, high)
         _readable_ticks(ax, low, high)
     else:
@@ -351,11 +352,14 @@ def plot_scores(runs: Sequence[Run], ax: Axes | None = None, colours: Sequence[s
             reason = f"raised {run.error}" if run.error else f"non-finite at step {run.first_nonfinite_step}"
             ax.text(0.02, row, f"no score: {reason}", va="center", fontsize="small", color=colour)
         else:
-            ax.barh(row, run.score, color=colour, hatch="//" if is_wrong_fix(run) else None, alpha=0.85)
-            ax.text(run.score, row, f" {run.score:.2f}", va="center", fontsize="small")
+            drawn = max(run.score, SCORE_FLOOR)  # an R^2 of -400 would squash every other bar
+            ax.barh(row, drawn, color=colour, hatch="//" if is_wrong_fix(run) else None, alpha=0.85)
+            shown = round(run.score, 2) + 0.0  # + 0.0: no "-0.00" for a score just below zero
+            ax.text(max(drawn, 0.0), row, f" {shown:.2f}", va="center", fontsize="small")
     ax.set_yticks(range(rows), [run.setting for run in reversed(runs)], fontsize="small")
     ax.set_ylim(-0.6, rows - 0.4)
-    ax.set_xlim(0, max([1.0, *(run.score * 1.15 for run in runs if run.score is not None)]))
+    scores = [max(run.score, SCORE_FLOOR) for run in runs if run.score is not None]
+    ax.set_xlim(min([0.0, *scores]) * 1.15, max([1.0, *(score * 1.15 for score in scores)]))
     pass_score = next((cause.pass_score for cause in map(_registered_cause, runs) if cause), None)
     if pass_score is not None:
         ax.axvline(pass_score, color="black", linestyle=":", linewidth=1, label=f"pass mark {pass_score:g}")

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+import nanlab  # noqa: E402
 from nanlab.plot import (BROKEN_COLOUR, _finite_points, plot_comparison, plot_grad_norm, plot_loss,  # noqa: E402
                          set_symlog)
 from nanlab.run import Run  # noqa: E402
@@ -176,3 +177,26 @@ def test_tick_labels_do_not_overlap_on_wide_log_and_symlog_axes():
     low, high = symlog_ax.get_ylim()
     shown = [label for label in symlog_ax.yaxis.get_majorticklabels() if low <= label.get_position()[1] <= high]
     assert len(shown) >= 3 and not _overlaps(shown)
+
+
+def test_score_bars_show_a_hopeless_r_squared_without_squashing_the_others():
+    from nanlab.plot import SCORE_FLOOR, plot_scores
+
+    runs = [nanlab.Run("unnormalised-inputs", "torch", "cpu", 0, fix, 5, losses=[1.0] * 5, score=score,
+                       score_name="held-out R^2") for fix, score in (("scale-to-unit", 0.97), ("lower-lr", -61.0),
+                                                                     ("standardise", -0.001))]
+    ax = plot_scores(runs)
+    assert ax.get_xlim()[0] >= SCORE_FLOOR * 1.2
+    labels = [text.get_text().strip() for text in ax.texts]
+    assert "-61.00" in labels and "0.00" in labels and "-0.00" not in labels
+
+
+def test_a_run_with_exact_zeros_keeps_a_log_axis_with_labelled_ticks():
+    from nanlab.plot import plot_grad_norm
+
+    run = nanlab.Run("exploding-rnn-gradients", "tensorflow", "cpu", 0, "clip-grad-norm", 6,
+                     losses=[1.0] * 6, grad_norms=[0.0, 1e-3, 2.0, 0.0, 5e2, 1e3])
+    ax = plot_grad_norm(run)
+    assert ax.get_yscale() == "log"
+    ax.figure.canvas.draw()
+    assert len([label for label in ax.get_yticklabels() if label.get_text()]) >= 2
