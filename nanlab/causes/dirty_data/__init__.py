@@ -23,8 +23,8 @@ CAUSE = Cause(
     number=7,
     title="A corrupt record (NaN or Inf) in the inputs",
     mechanism="a NaN or Inf in one sample's features passes through the forward pass into that sample's loss; the "
-              "batch mean makes the whole loss NaN, and the first layer's weight gradient x^T * delta is NaN in "
-              "every weight the bad feature touches",
+              "batch mean makes the whole loss NaN, whose gradient is NaN everywhere, so the whole first-layer "
+              "weight gradient (and every later one) is NaN after one backward pass",
     when="at the first minibatch that holds a corrupt record: anywhere in the first epoch, and again every epoch; "
          "earlier steps train normally",
     symptom="a healthy, falling loss turns NaN in one step, with no growth of the gradient norm before it; "
@@ -51,7 +51,8 @@ CAUSE = Cause(
         "digest of NaN causes (zh), answer 8.3 (Caffe): NaN in the input, e.g. a corrupt image; pass every "
         "sample through a checking network before training",
         "TF classifier NaN write-up (zh): check the input for NaN/Inf with NumPy; its np.nan_to_num(X) turns "
-        "Inf into the largest float, which still overflows",
+        "Inf into the largest float (3.4e38): whether training then survives depends on the seed (the notebooks "
+        "run it)",
     ),
     package=__name__,
 )

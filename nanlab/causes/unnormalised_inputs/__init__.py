@@ -36,7 +36,7 @@ CAUSE = Cause(
         Fix("standardise", "subtract the training mean and divide by the training std, per feature"),
         Fix("input-normalisation-layer", "a normalisation layer at the input: nn.BatchNorm1d / keras.layers."
             "Normalization adapted to the training data"),
-        Fix("lower-lr", "lower the learning rate until it stops going NaN (1e-5): finite, but the badly "
+        Fix("lower-lr", "lower the learning rate until it stops going NaN (1e-6): finite, but the badly "
             "conditioned problem barely learns", hides_problem=True),
     ),
     frameworks=("torch", "tensorflow"),
