@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import pathlib
 import re
 
@@ -69,6 +70,8 @@ def write_copies(notebooks: list[pathlib.Path], out: pathlib.Path) -> list[pathl
         target = out / path.resolve().relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(student_copy(nbformat.read(path, as_version=4)), target)
+        for script in path.parent.glob("*.py"):  # helper scripts a notebook runs (e.g. the DDP child)
+            shutil.copy2(script, target.parent / script.name)
         written.append(target)
     return written
 
