@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import pathlib
 import re
+import shutil
 
 import nbformat
 
