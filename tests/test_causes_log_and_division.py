@@ -7,6 +7,8 @@ import pytest
 
 import nanlab
 from nanlab.causes import division_by_zero
+from nanlab.frameworks import get_framework
+from nanlab.seeding import seed_everything
 
 FRAMEWORKS = ("torch", "tensorflow")
 CAUSES = ("log-of-zero", "division-by-zero")
@@ -213,3 +215,67 @@ def test_the_broken_step_is_the_first_batch_without_the_rare_class():
         first_without = next(step for step, index in enumerate(batches) if 3 not in data.y_train[index])
         assert nanlab.reproduce("division-by-zero", "torch", "cpu", seed=seed).first_nonfinite_step == first_without
 
+
+
+# --- division by zero: batch composition (the class-balanced sampler, the batch size) -----------------------------
+
+def test_the_balanced_sampler_never_yields_a_batch_without_a_class():
+    data = division_by_zero.make_data(0)
+    batches = division_by_zero.balanced_batch_indices(data.y_train, division_by_zero.BATCH_SIZE, seed=0)
+    per_class = division_by_zero.BATCH_SIZE // division_by_zero.NUM_CLASSES
+    for _ in range(500):  # ~60 passes over the rare class, reshuffled each time it runs out
+        counts = np.bincount(data.y_train[next(batches)], minlength=division_by_zero.NUM_CLASSES)
+        assert counts.tolist() == [per_class] * division_by_zero.NUM_CLASSES
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_larger_batch_only_postpones_the_absent_class(framework):
+    """Batches of 8 miss class 3 in ~43% of steps, of 24 in ~8%: the first NaN comes no later with the smaller one."""
+    recipe = _recipe("division-by-zero", framework)
+    train = get_framework(framework).loop.train
+    for seed in range(3):
+        steps = {}
+        for batch_size in (8, 24):
+            seed_everything(seed, framework)
+            args = (seed, "cpu") if framework == "torch" else (seed,)
+            training = recipe.build_training(*args, recipe.class_balanced_loss, batch_size=batch_size)
+            steps[batch_size] = train(training, 100).first_nonfinite_step
+        assert steps[8] is not None and steps[24] is not None and steps[8] <= steps[24], steps
+
+
+# --- log of a negative number: a Poisson rate head ------------------------------------------------------------------
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_rate_head_takes_the_log_of_a_negative_number_and_the_log_rate_head_does_not(framework):
+    recipe = _recipe("log-of-zero", framework)
+    train = get_framework(framework).loop.train
+    seed_everything(0, framework)
+    broken = recipe.rate_head(0, "cpu")
+    history = train(broken, 60)
+    assert history.first_nonfinite_step is not None and math.isnan(history.losses[history.first_nonfinite_step])
+    seed_everything(0, framework)
+    fixed = recipe.log_rate_head(0, "cpu")
+    history = train(fixed, 60)
+    assert history.first_nonfinite_step is None and np.mean(history.losses[-6:]) < history.losses[0]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_watch_names_log_of_zero_for_the_log_of_a_negative_rate(framework):
+    train = get_framework(framework).loop.train
+    seed_everything(0, framework)
+    training = _recipe("log-of-zero", framework).rate_head(0, "cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            train(training, 60)
+    report = raised.value.report
+    assert report.op_name == "log" and report.cause == "log-of-zero", str(report)
+
+
+def test_the_log_rule_reads_a_nan_from_log_as_a_negative_input():
+    from nanlab.causes.log_of_zero.rule import diagnose
+    from nanlab.report import NonFiniteReport
+
+    verdict = diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="log", value="nan",
+                                       op_inputs=[{"negatives": True}]))
+    assert verdict is not None and verdict.cause == "log-of-zero" and "negative" in verdict.reason
+    assert diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="exp", value="inf")) is None

@@ -5,6 +5,10 @@ rare class is absent the division is ``0 / 0 = NaN`` (and ``x / 0 = ±inf``). Th
 ``where(count == 0, 0, sum / count)``, is finite in the forward pass, but its gradient still runs through
 ``sum / count``: the derivative ``1 / count`` is computed as ``0 / 0 = NaN`` and poisons every weight.
 """
+from typing import Iterator
+
+import numpy as np
+
 from nanlab.data import Dataset, make_blobs
 from nanlab.registry import Cause, Fix
 
@@ -32,6 +36,8 @@ CAUSE = Cause(
     fixes=(
         Fix("eps-denominator", "a small epsilon in the denominator: sum / (count + 1e-8)"),
         Fix("guard-count", "guard the count itself: sum / max(count, 1)"),
+        Fix("balanced-batches", "a class-balanced sampler: every batch holds 6 samples of each class, so no count "
+            "is 0 (the loss is unchanged)"),
         Fix("safe-divide", "tf.math.divide_no_nan; in PyTorch the double where: "
             "where(b == 0, 0, a / where(b == 0, 1, b))"),
         Fix("where-guard", "where(count == 0, 0, sum / count): finite forward, but the gradient of sum / count is "
@@ -56,3 +62,21 @@ def make_data(seed: int) -> Dataset:
     """Four Gaussian classes in 20 standardised features, imbalanced: class 3 is 10% of the samples."""
     return make_blobs(seed, NUM_CLASSES, NUM_FEATURES, num_samples=1024, spread=1.0,
                       class_frequencies=CLASS_FREQUENCIES)
+
+
+def balanced_batch_indices(labels: np.ndarray, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless batches with ``batch_size // NUM_CLASSES`` samples of every class (a stratified, class-balanced
+    sampler): each class is drawn in its own shuffled order, and a class that runs out (the rare one, first) is
+    reshuffled on its own. The rare class is oversampled; no batch ever lacks a class."""
+    rng = np.random.default_rng(seed)
+    per_class = batch_size // NUM_CLASSES
+    pools = [np.flatnonzero(labels == label) for label in range(NUM_CLASSES)]
+    orders, positions = [rng.permutation(pool) for pool in pools], [0] * NUM_CLASSES
+    while True:
+        batch = []
+        for label, pool in enumerate(pools):
+            if positions[label] + per_class > len(orders[label]):
+                orders[label], positions[label] = rng.permutation(pool), 0
+            batch.append(orders[label][positions[label]:positions[label] + per_class])
+            positions[label] += per_class
+        yield rng.permutation(np.concatenate(batch))

@@ -1,16 +1,20 @@
 """Division by zero in TensorFlow/Keras: a class-balanced loss divided by per-class counts, its fixes and the
 where() trap."""
+from typing import Iterator
+
+import numpy as np
+
 from nanlab.causes.division_by_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
-                                            make_data)
-from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
+                                            balanced_batch_indices, make_data)
+from nanlab.frameworks.tensorflow.loop import Batch, Training, accuracy, keras, minibatches, tf
 
 
 def make_model() -> keras.Model:
     return keras.Sequential([
         keras.Input((NUM_FEATURES,)),
-        keras.layers.Dense(HIDDEN_UNITS, activation="relu"),
-        keras.layers.Dense(NUM_CLASSES),
-    ])
+        keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden"),
+        keras.layers.Dense(NUM_CLASSES, name="logits"),
+    ], name="mlp")
 
 
 def class_sums_and_counts(y: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -45,13 +49,21 @@ def where_guard_loss(y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.where(counts == 0, 0.0, sums / counts))  # finite value, nan gradient
 
 
-def build_training(seed: int, loss_fn) -> Training:
+def balanced_minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Like ``minibatches``, but every batch holds ``batch_size // NUM_CLASSES`` samples of each class."""
+    features, targets = tf.constant(x), tf.constant(y)
+    for index in balanced_batch_indices(y, batch_size, seed):
+        yield tf.gather(features, index), tf.gather(targets, index)
+
+
+def build_training(seed: int, loss_fn, batch_size: int = BATCH_SIZE, balanced: bool = False) -> Training:
     data = make_data(seed)
+    sampler = balanced_minibatches if balanced else minibatches
     return Training(
         model=make_model(),
         optimizer=keras.optimizers.Adam(learning_rate=LR),
         loss_fn=loss_fn,
-        batches=minibatches(data.x_train, data.y_train, BATCH_SIZE, seed),
+        batches=sampler(data.x_train, data.y_train, batch_size, seed),
         evaluate=accuracy(data.x_eval, data.y_eval),
     )
 
@@ -68,6 +80,10 @@ def guard_count(seed: int, device: str) -> Training:
     return build_training(seed, guard_count_loss)
 
 
+def balanced_batches(seed: int, device: str) -> Training:
+    return build_training(seed, class_balanced_loss, balanced=True)  # the same loss; no count is ever 0
+
+
 def safe_divide(seed: int, device: str) -> Training:
     return build_training(seed, safe_divide_loss)
 
@@ -77,4 +93,4 @@ def where_guard(seed: int, device: str) -> Training:
 
 
 SETTINGS = {"broken": broken, "eps-denominator": eps_denominator, "guard-count": guard_count,
-            "safe-divide": safe_divide, "where-guard": where_guard}
+            "balanced-batches": balanced_batches, "safe-divide": safe_divide, "where-guard": where_guard}

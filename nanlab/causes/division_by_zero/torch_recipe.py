@@ -1,15 +1,20 @@
 """Division by zero in PyTorch: a class-balanced loss divided by per-class counts, its fixes and the where() trap."""
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from nanlab.causes.division_by_zero import (BATCH_SIZE, EPS, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
-                                            make_data)
-from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
+                                            balanced_batch_indices, make_data)
+from nanlab.frameworks.torch.loop import Batch, Training, accuracy, minibatches
 
 
 def make_model() -> nn.Module:
-    return nn.Sequential(nn.Linear(NUM_FEATURES, HIDDEN_UNITS), nn.ReLU(), nn.Linear(HIDDEN_UNITS, NUM_CLASSES))
+    return nn.Sequential(OrderedDict(hidden=nn.Linear(NUM_FEATURES, HIDDEN_UNITS), relu=nn.ReLU(),
+                                     logits=nn.Linear(HIDDEN_UNITS, NUM_CLASSES)))
 
 
 def class_sums_and_counts(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,14 +55,23 @@ def where_guard_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(counts == 0, 0.0, sums / counts).mean()  # finite value, nan gradient
 
 
-def build_training(seed: int, device: str, loss_fn) -> Training:
+def balanced_minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:
+    """Like ``minibatches``, but every batch holds ``batch_size // NUM_CLASSES`` samples of each class."""
+    features, targets = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    for index in balanced_batch_indices(y, batch_size, seed):
+        index = torch.as_tensor(index, device=device)
+        yield features[index], targets[index]
+
+
+def build_training(seed: int, device: str, loss_fn, batch_size: int = BATCH_SIZE, balanced: bool = False) -> Training:
     data = make_data(seed)
     model = make_model().to(device)
+    sampler = balanced_minibatches if balanced else minibatches
     return Training(
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=LR),
         loss_fn=loss_fn,
-        batches=minibatches(data.x_train, data.y_train, BATCH_SIZE, seed, device),
+        batches=sampler(data.x_train, data.y_train, batch_size, seed, device),
         evaluate=accuracy(data.x_eval, data.y_eval, device),
     )
 
@@ -74,6 +88,10 @@ def guard_count(seed: int, device: str) -> Training:
     return build_training(seed, device, guard_count_loss)
 
 
+def balanced_batches(seed: int, device: str) -> Training:
+    return build_training(seed, device, class_balanced_loss, balanced=True)  # the same loss; no count is ever 0
+
+
 def safe_divide(seed: int, device: str) -> Training:
     return build_training(seed, device, safe_divide_loss)
 
@@ -83,4 +101,4 @@ def where_guard(seed: int, device: str) -> Training:
 
 
 SETTINGS = {"broken": broken, "eps-denominator": eps_denominator, "guard-count": guard_count,
-            "safe-divide": safe_divide, "where-guard": where_guard}
+            "balanced-batches": balanced_batches, "safe-divide": safe_divide, "where-guard": where_guard}
