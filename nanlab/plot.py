@@ -36,6 +36,8 @@ from nanlab.run import Run
 
 BROKEN_COLOUR = "tab:red"
 WRONG_FIX_COLOUR = "#7e6b9a"  # violet-grey: never the broken run's red, never a real fix's colour
+WRONG_FIX_LINES = ("--", ":", "-.")
+WRONG_FIX_MARKERS = ("x", "+", "1")
 FIX_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:cyan", "tab:olive", "tab:brown", "tab:pink", "black")
 FIX_MARKERS = ("s", "^", "D", "v", "P", "*", "h", "p")  # "o" is the broken run's
 FEW_POINTS = 25  # up to this many finite points a run is drawn with a marker on every point
@@ -146,13 +148,15 @@ def _styles(groups: list[list[_Series]]) -> list[dict]:
     """Colour, line style and marker per group: red for broken, violet-grey dashed for a wrong fix, others cycled."""
     taken = {group[0].colour for group in groups if group[0].colour}
     free = iter([colour for colour in FIX_COLOURS if colour not in taken] + list(FIX_COLOURS))
-    styles, fix_index = [], 0
+    styles, fix_index, wrong_index = [], 0, 0
     for group in groups:
         run = group[0].run
         if run.fix is None:
             style = {"color": BROKEN_COLOUR, "linestyle": "-", "marker": "o"}
-        elif is_wrong_fix(run):
-            style = {"color": WRONG_FIX_COLOUR, "linestyle": "--", "marker": "x"}
+        elif is_wrong_fix(run):  # one colour for every wrong fix; each its own dash pattern and marker
+            style = {"color": WRONG_FIX_COLOUR, "linestyle": WRONG_FIX_LINES[wrong_index % len(WRONG_FIX_LINES)],
+                     "marker": WRONG_FIX_MARKERS[wrong_index % len(WRONG_FIX_MARKERS)]}
+            wrong_index += 1
         else:
             style = {"color": None, "linestyle": "-", "marker": FIX_MARKERS[fix_index % len(FIX_MARKERS)]}
             fix_index += 1

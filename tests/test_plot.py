@@ -200,3 +200,13 @@ def test_a_run_with_exact_zeros_keeps_a_log_axis_with_labelled_ticks():
     assert ax.get_yscale() == "log"
     ax.figure.canvas.draw()
     assert len([label for label in ax.get_yticklabels() if label.get_text()]) >= 2
+
+
+def test_two_wrong_fixes_share_the_wrong_fix_colour_but_not_their_style():
+    broken = run(None, cause="log-of-zero", losses=[1.0, 0.8, float("nan")])
+    first = run("clip-log-output", cause="log-of-zero", losses=[1.0, 0.7, 0.6])
+    second = run("float64", cause="log-of-zero", losses=[1.0, 0.75, 0.5])
+    lines = [line for line in plot_comparison([broken, first, second]).axes[0].get_lines()
+             if line.get_label().startswith(("clip-log-output", "float64"))]
+    assert len(lines) == 2 and lines[0].get_color() == lines[1].get_color()
+    assert (lines[0].get_linestyle(), lines[0].get_marker()) != (lines[1].get_linestyle(), lines[1].get_marker())
