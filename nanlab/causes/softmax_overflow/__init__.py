@@ -28,10 +28,10 @@ CAUSE = Cause(
     symptom="a healthy, falling loss turns NaN or inf in one step; the forward pass has an inf right after exp "
             "while every logit is finite",
     fixes=(
-        Fix("subtract-max", "subtract each row's largest logit before exp: exp(z - max z) never overflows"),
+        Fix("subtract-max", "subtract each row's largest logit before exp, and take log-probabilities as "
+            "s - log(sum(exp(s))) of the shifted logits s: exp never overflows and the log never sees 0"),
         Fix("log-softmax", "log-probabilities as z - logsumexp(z) (torch.logsumexp / tf.reduce_logsumexp)"),
-        Fix("framework-softmax", "the framework's softmax (torch.softmax / tf.nn.softmax), which subtracts the "
-            "max inside"),
+        Fix("fused-loss", "the framework's cross-entropy on logits (F.cross_entropy / from_logits=True)"),
         Fix("clip-logits", "clip the logits to [-1, 1] so that exp cannot overflow: finite, and it learns the "
             "classes, but no probability can pass e / (e + 3 / e) = 0.71 (a loss floor of 0.34) and the clip "
             "passes no gradient to the logits it caught"),
