@@ -23,7 +23,10 @@ FLAT = [1.0, 0.9, 1.1, 1.0]
     (dict(phase="forward", module="rnn", op="rnn_tanh", grad_norms=FLAT, recurrent=True),
      "exploding-rnn-gradients"),
     (dict(phase="forward", module="2", op="linear", grad_norms=GROWING), "high-learning-rate"),
-    (dict(phase="forward", module="act", op="exp", value="inf", grad_norms=FLAT), None),
+    (dict(phase="forward", module="act", op="exp", value="inf", grad_norms=FLAT), "softmax-overflow"),
+    (dict(phase="forward", module="act", op="exp", value="inf", dtype="float16", dtype_max=65504.0, max_abs=1.2e5,
+          grad_norms=FLAT), "fp16-overflow"),
+    (dict(phase="forward", module="act", op="tanh", value="nan", grad_norms=FLAT), None),
     (dict(phase="forward", module="2", op="linear", grad_norms=GROWING[:2]), None),
     (dict(phase="data", data_findings=["non-finite values in samples 3"]), "dirty-data"),
 ])
