@@ -80,6 +80,8 @@ def lab(tmp_path_factory, browser):
     """JupyterLab serving a copy of notebooks/; yields (base URL, served folder)."""
     served = tmp_path_factory.mktemp("lab") / "notebooks"
     shutil.copytree(ROOT / "notebooks", served, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for folder in ("benchmarks", "docs"):  # the notebooks read ../../benchmarks/RESULTS.md, as in the repository
+        (served.parent / folder).symlink_to(ROOT / folder, target_is_directory=True)
     settings = tmp_path_factory.mktemp("lab-settings")
     _lab_settings(settings / "settings")
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings / "settings"),

@@ -62,7 +62,8 @@ def test_a_tf_module_trained_with_gradient_tape_is_watched():
     report = raised.value.report
     assert (report.phase, report.module, report.op) == ("loss", "loss", "square")
     assert report.step == watch.step == len(watch.history.grad_norms) > 3
-    assert report.cause == "high-learning-rate" and report.growth > 1e6
+    # inputs of scale 10 make the rate too large: both rules fit, the input scale is the more specific evidence
+    assert report.cause == "unnormalised-inputs" and "high-learning-rate" in report.verdicts and report.growth > 1e6
     assert all(np.isfinite(v.numpy()).all() for v in module.trainable_variables)
 
 

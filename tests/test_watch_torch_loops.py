@@ -32,8 +32,11 @@ def data(seed=0, batch=BATCH):
 def test_plain_training_survives_when_the_replays_private_imports_fail(monkeypatch):
     # A torch release that moves a private API makes importing the replay fail (torch itself needs _pytree, so the
     # replay module is the one made unimportable here); the watch module is imported afresh.
+    import nanlab.frameworks.torch as torch_framework
+
     monkeypatch.delitem(sys.modules, "nanlab.frameworks.torch.watch", raising=False)
     monkeypatch.setitem(sys.modules, "nanlab.frameworks.torch.replay", None)
+    monkeypatch.delattr(torch_framework, "replay", raising=False)  # as if it had never imported in this process
     model, (x, y) = classifier(), data()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with nanlab.watch(model, optimizer, F.cross_entropy) as watch:  # attaching imports no private API

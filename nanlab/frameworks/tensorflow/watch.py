@@ -107,9 +107,14 @@ class KerasWatch(keras.callbacks.Callback):
         return list(self.watched.trainable_variables)
 
     def _variables(self) -> list:
+        """Every variable a step changes: the model's (and, for a keras.Model, its metrics', so that a skipped
+        step leaves no NaN in fit's running loss) and the optimizer's."""
         own = self.watched if isinstance(self.watched, list) else list(self.watched.variables)
         optimizer = self._optimizer
-        return own + (list(optimizer.variables) if optimizer is not None else [])
+        stepped = own + (list(optimizer.variables) if optimizer is not None else [])
+        # Metrics last: a metric built after the shadows were made only goes uncopied, never misaligns the rest.
+        return stepped + [v for v in getattr(self.watched, "metrics_variables", [])
+                          if not any(v is other for other in stepped)]
 
     def _scaler(self):
         """The ``LossScaleOptimizer`` in charge, or None without mixed precision."""
