@@ -45,3 +45,11 @@ def minibatch_indices(num_samples: int, batch_size: int, seed: int) -> Iterator[
         order = rng.permutation(num_samples)
         for start in range(0, num_samples - batch_size + 1, batch_size):
             yield order[start:start + batch_size]
+
+
+def r_squared(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """The coefficient of determination, in the targets' own units: 1 is perfect, 0 predicts the mean, negative is
+    worse than the mean (a diverged model's overflowing error gives -inf or nan, not a warning)."""
+    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(1.0 - np.sum((targets - predictions) ** 2) / np.sum((targets - targets.mean()) ** 2))

@@ -14,18 +14,6 @@ FRAMEWORKS = ("torch", "tensorflow")
 CAUSES = ("dirty-data", "unnormalised-inputs")
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tf():
-    from nanlab.frameworks.tensorflow.loop import tf
-
-    return tf
-
-
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("cause", CAUSES)
 def test_recipe_settings_are_the_broken_setting_and_the_fixes(cause, framework):

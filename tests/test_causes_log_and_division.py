@@ -14,18 +14,6 @@ FRAMEWORKS = ("torch", "tensorflow")
 CAUSES = ("log-of-zero", "division-by-zero")
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tf():
-    from nanlab.frameworks.tensorflow.loop import tf
-
-    return tf
-
-
 def _recipe(cause, framework):
     return nanlab.get_cause(cause).recipe(framework)
 

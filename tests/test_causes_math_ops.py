@@ -14,25 +14,6 @@ FRAMEWORKS = ("torch", "tensorflow")
 CAUSES = ("softmax-overflow", "zero-norm", "sqrt-at-zero", "masked-attention")
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tf():
-    from nanlab.frameworks.tensorflow.backend import tf
-
-    return tf
-
-
-@pytest.fixture(scope="module")
-def keras():
-    from nanlab.frameworks.tensorflow.backend import keras
-
-    return keras
-
-
 def _recipe(cause, framework):
     return nanlab.get_cause(cause).recipe(framework)
 

@@ -88,9 +88,3 @@ def make_regression_data(seed: int, scale: float = REGRESSION_SCALE) -> Dataset:
     y = y.astype(np.float32)[:, None]
     num_eval = NUM_SAMPLES // 4
     return Dataset(x[num_eval:], y[num_eval:], x[:num_eval], y[:num_eval])
-
-
-def r_squared(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """The coefficient of determination, in the targets' own units: 1 is perfect, 0 predicts the mean."""
-    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
-    return float(1.0 - np.sum((targets - predictions) ** 2) / np.sum((targets - targets.mean()) ** 2))

@@ -2,9 +2,8 @@
 import numpy as np
 
 from nanlab.causes.huge_labels import (ADAM_LR, BATCH_SIZE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
-                                       REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, r_squared,
-                                       remap_labels)
-from nanlab.data import Dataset
+                                       REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, remap_labels)
+from nanlab.data import Dataset, r_squared
 from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
 
 # CPU: "Received a label value of 8000 which is outside the valid range of [0, 5)". On GPU TensorFlow does not
@@ -66,7 +65,8 @@ def r_squared_of(x: np.ndarray, y: np.ndarray, mean: float = 0.0, std: float = 1
 
 def regression_training(data: Dataset, seed: int, mean: float = 0.0, std: float = 1.0,
                         adam: bool = False) -> Training:
-    optimizer = keras.optimizers.Adam(learning_rate=ADAM_LR) if adam else keras.optimizers.SGD(learning_rate=REGRESSION_LR)
+    optimizer = (keras.optimizers.Adam(learning_rate=ADAM_LR) if adam
+                 else keras.optimizers.SGD(learning_rate=REGRESSION_LR))
     return Training(
         model=make_model(data.x_train.shape[1], 1),
         optimizer=optimizer,

@@ -5,10 +5,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nanlab.causes.huge_labels import (ADAM_LR, BATCH_SIZE, CAUSE, HIDDEN_UNITS, LR, NUM_CLASSES, NUM_FEATURES,
-                                       REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, r_squared,
-                                       remap_labels)
+                                       REGRESSION_LR, drop_bad_labels, make_data, make_regression_data, remap_labels)
 from nanlab.frameworks.torch.cuda_child import DeviceSideAssertError, raise_device_assert_from_child
-from nanlab.data import Dataset
+from nanlab.data import Dataset, r_squared
 from nanlab.frameworks.torch.loop import Training, accuracy, minibatches
 
 # CPU: F.cross_entropy checks the target and raises IndexError("Target 8000 is out of bounds.") (torch 2.13).

@@ -72,10 +72,3 @@ def standardise(data: Dataset) -> Dataset:
     """Per-feature standardisation with the training set's statistics (the held-out set uses the same ones)."""
     mean, std = data.x_train.mean(axis=0), data.x_train.std(axis=0)
     return Dataset((data.x_train - mean) / std, data.y_train, (data.x_eval - mean) / std, data.y_eval)
-
-
-def r_squared(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """The coefficient of determination: 1 is perfect, 0 predicts the mean, negative is worse than the mean."""
-    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(1.0 - np.sum((targets - predictions) ** 2) / np.sum((targets - targets.mean()) ** 2))

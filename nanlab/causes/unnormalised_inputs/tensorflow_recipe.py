@@ -5,8 +5,8 @@ from typing import Callable
 import numpy as np
 
 from nanlab.causes.unnormalised_inputs import (BATCH_SIZE, LOW_LR, LR, NUM_FEATURES, make_data,
-                                               r_squared, scale_to_unit, standardise)
-from nanlab.data import Dataset
+                                               scale_to_unit, standardise)
+from nanlab.data import Dataset, r_squared
 from nanlab.frameworks.tensorflow.loop import Training, keras, minibatches, tf
 
 

@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from nanlab.causes.unnormalised_inputs import (BATCH_SIZE, LOW_LR, LR, NUM_FEATURES, make_data,
-                                               r_squared, scale_to_unit, standardise)
-from nanlab.data import Dataset
+                                               scale_to_unit, standardise)
+from nanlab.data import Dataset, r_squared
 from nanlab.frameworks.torch.loop import Training, minibatches
 
 
