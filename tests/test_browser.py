@@ -116,8 +116,8 @@ PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in front
 
 
 def _menu(page, menu: str, command: str) -> None:
-    page.locator(".lm-MenuBar-item", has_text=menu).first.click()
-    page.locator(f'.lm-Menu-item[data-command="{command}"]').click()
+    page.locator(".lm-MenuBar-item", has_text=menu).first.click(timeout=10_000)
+    page.locator(f'.lm-Menu-item[data-command="{command}"]').click(timeout=10_000)
 
 
 def _prompts_all(page, pattern: str, timeout_s: float) -> None:
@@ -153,11 +153,11 @@ def _run_all_and_save(page) -> None:
     _prompts_all(page, r"^\[ \]", timeout_s=30)
     for _ in range(3):  # a menu click during JupyterLab's start-up work can be swallowed: click again if nothing runs
         page.keyboard.press("Escape")
-        _menu(page, "Run", "runmenu:run-all")
         try:
+            _menu(page, "Run", "runmenu:run-all")
             _some_prompt(page, r"^\[(\*|\d+)\]", timeout_s=20)
             break
-        except PlaywrightTimeout:
+        except PlaywrightTimeout:  # the menu did not open, or its click started nothing
             continue
     _prompts_all(page, r"^\[\d+\]", timeout_s=RUN_TIMEOUT_S)
     page.keyboard.press("Control+s")
