@@ -127,10 +127,12 @@ def measure(rounds: int) -> list[dict]:
         plain = steps[name, "plain fit"][1:]
         for variant in VARIANTS:
             own = steps[name, variant][1:]
+            wall_ratios = [w / p for (w, _), (p, _) in zip(own, plain)]
             rows.append({
                 "model": name, "variant": variant,
                 "wall ms": 1e3 * statistics.median(w for w, _ in own),
-                "wall ratio": statistics.median(w / p for (w, _), (p, _) in zip(own, plain)),
+                "wall ratio": statistics.median(wall_ratios),
+                "wall spread": statistics.quantiles(wall_ratios, n=4)[::2],
                 "cpu ms": 1e3 * statistics.median(c for _, c in own),
                 "cpu ratio": statistics.median(c / p for (_, c), (_, p) in zip(own, plain)),
             })
@@ -140,18 +142,19 @@ def measure(rounds: int) -> list[dict]:
 def table(rows: list[dict], rounds: int) -> str:
     lines = [f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPU, {THREADS} threads; {rounds} interleaved "
              f"rounds of {STEPS_PER_ROUND} steps (after one warm-up round); ratio = median of per-round ratios to "
-             "plain fit", "",
-             "| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio |",
-             "|---|---|---|---|---|---|"]
+             "plain fit; last column: the quartiles of the per-round wall-clock ratios", "",
+             "| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio | "
+             "wall ratio, middle half of rounds |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['variant']} | {row['wall ms']:.2f} | {row['wall ratio']:.3f}x | "
-                     f"{row['cpu ms']:.2f} | {row['cpu ratio']:.3f}x |")
+                     f"{row['cpu ms']:.2f} | {row['cpu ratio']:.3f}x | {row['wall spread'][0]:.3f}-{row['wall spread'][1]:.3f} |")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds (default 25)")
     parser.add_argument("--markdown", help="also write the table, with the command, to this Markdown file")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)

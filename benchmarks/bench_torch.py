@@ -9,7 +9,9 @@ Variants: the plain loop; nanlab.watch; and, as anchors, torch.autograd.detect_a
 module that checks ``isfinite`` (the usual hand-rolled NaN hunt). Variants are timed in interleaved rounds (the
 order rotates every round), each round measuring wall-clock (``time.perf_counter``) and process CPU time
 (``time.process_time``); a variant's ratio is the median over rounds of (its time / the plain loop's time in the
-same round), so the machine's load drifting between rounds cancels out.
+same round), so the machine's load drifting between rounds cancels out. The last column gives the quartiles of the
+per-round wall-clock ratios: the noise a ratio should be read against (dropout's random masks and the machine make
+single rounds differ by several percent).
 """
 from __future__ import annotations
 
@@ -132,11 +134,16 @@ def interleaved(run, variants, rounds: int, steps: int, warmup: int) -> dict[str
             wall[variant].append((time.perf_counter() - wall_start) / steps)
             cpu[variant].append((time.process_time() - cpu_start) / steps)
     base = variants[0]
-    return {variant: {
-        "wall_ms": 1e3 * statistics.median(wall[variant]), "cpu_ms": 1e3 * statistics.median(cpu[variant]),
-        "wall_ratio": statistics.median(t / p for t, p in zip(wall[variant], wall[base])),
-        "cpu_ratio": statistics.median(t / p for t, p in zip(cpu[variant], cpu[base])),
-    } for variant in variants}
+    results = {}
+    for variant in variants:
+        wall_ratios = [t / p for t, p in zip(wall[variant], wall[base])]
+        quartiles = statistics.quantiles(wall_ratios, n=4)
+        results[variant] = {
+            "wall_ms": 1e3 * statistics.median(wall[variant]), "cpu_ms": 1e3 * statistics.median(cpu[variant]),
+            "wall_ratio": statistics.median(wall_ratios), "wall_spread": (quartiles[0], quartiles[2]),
+            "cpu_ratio": statistics.median(t / p for t, p in zip(cpu[variant], cpu[base])),
+        }
+    return results
 
 
 # -- 2-rank DDP over gloo ------------------------------------------------------------------------------------------
@@ -166,21 +173,24 @@ def ddp(rounds: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
 
 def table_rows(label: str, result: dict[str, dict[str, float]]) -> list[str]:
     return [f"| {label} | {variant} | {r['wall_ms']:.2f} | {r['wall_ratio']:.3f}x | {r['cpu_ms']:.2f} | "
-            f"{r['cpu_ratio']:.3f}x |" for variant, r in result.items()]
+            f"{r['cpu_ratio']:.3f}x | {r['wall_spread'][0]:.3f}-{r['wall_spread'][1]:.3f} |"
+            for variant, r in result.items()]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run; noisier ratios)")
+    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per model (default 41)")
     args = parser.parse_args()
-    rounds, steps, warmup = (6, 3, 2) if args.quick else (21, 5, 5)
+    rounds, steps, warmup = (6, 3, 2) if args.quick else (args.rounds, 5, 5)
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, CPU, {THREADS} threads (DDP: 2 ranks x 1 thread, gloo); {rounds} interleaved "
-          f"rounds of {steps} steps; ratio = median of per-round ratios to the plain loop")
+          f"rounds of {steps} steps; ratio = median of per-round ratios to the plain loop; last column: the quartiles "
+          "of the per-round wall-clock ratios")
     print()
-    print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio | wall ratio, middle half of rounds |")
+    print("|---|---|---|---|---|---|---|")
     for label, (make_model, make_input) in MODELS.items():
         trainer = Trainer(make_model, make_input)
         variants = ("plain loop", "nanlab.watch") + (ANCHORS if "CNN" in label or "RNN" in label else ())
