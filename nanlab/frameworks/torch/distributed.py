@@ -1,11 +1,13 @@
-"""The watch under torch.distributed: one combined check per step, and one report that every rank raises.
+"""The watch under torch.distributed at a bad step: one combined status, and one report that every rank raises.
 
-Each rank's per-step status vector goes into its own row of a ``world_size`` x n table, and one ``all_reduce``
-(sum) gives every rank every row: the same decision on every rank at the same step, so no rank waits in a
-collective that another rank has left (the hang, or gloo's "Connection closed by peer"). At a bad step every rank
-replays its own micro-batches (locally, without collectives) and the reports are gathered, so that each rank raises
-the same report: that of the first rank where the non-finite value appeared, with ``ranks`` naming all of them.
-Public ``torch.distributed`` APIs only.
+A healthy step needs nothing from here: the gradients DDP reduced are the same on every rank, and ``watch.loss_fn``
+folds a rank's non-finite loss or out-of-range labels into them (``nanlab.frameworks.torch.watch``), so every rank
+sees the same bad step at once and calls ``combine`` and ``merge_reports`` together: no rank waits in a collective
+that another rank has left (the hang, or gloo's "Connection closed by peer"). ``combine`` puts each rank's status
+vector into its own row of a ``world_size`` x n table and one ``all_reduce`` (sum) gives every rank every row. Every
+rank then replays its own micro-batches (locally, without collectives) and the reports are gathered, so that each
+rank raises the same report: that of the first rank where the non-finite value appeared, with ``ranks`` naming all
+of them. Public ``torch.distributed`` APIs only.
 """
 from __future__ import annotations
 

@@ -1,9 +1,23 @@
 """``nanlab.watch`` for PyTorch, the cheap layer: one check per optimizer step; the replay loads only on a bad step.
 
 Per step the watch reduces the loss, the gradients and (when the targets are class ids) the count of out-of-range
-labels to one small float64 vector and reads it back once: one host synchronisation. Under
-``DistributedDataParallel`` every rank's vector is combined by one ``all_reduce`` in that same read, so every rank
-takes the same decision at the same step. Nothing runs per layer while training is healthy.
+labels to one small float64 vector and reads it back once: one host synchronisation. Nothing runs per layer while
+training is healthy.
+
+Under ``DistributedDataParallel`` a healthy step adds no collective. DDP has averaged the gradients across ranks
+during backward, and NaN and inf survive that sum, so the reduced gradients are non-finite on every rank or on none:
+each rank's own read of their norm is the same decision at the same step. The two faults that leave a rank's
+gradients finite are folded into them: ``watch.loss_fn`` returns ``loss * flag``, where ``flag`` is 1.0 when this
+rank's loss is finite and its labels are in range (multiplying by 1.0 is exact, so training is bit-identical) and
+NaN otherwise, which makes that rank's gradients NaN and, after DDP's reduction, every rank's (that rank's loss, as
+returned, is NaN too). Under ``no_sync()`` the NaN waits in the accumulated gradients for the backward that
+synchronises. Only at a bad step do the ranks exchange their status vectors (one ``all_reduce``) and then their
+reports (``nanlab.frameworks.torch.distributed``), so that every rank raises, stops or skips alike with the report of
+the rank where the value first appeared. A loss computed inside forward (no ``loss_fn``) is not folded: under DDP
+the watch then decides on the gradients alone, and logs a warning when a rank's loss is non-finite but the reduced
+gradients are finite. (The same warning covers a flag whose NaN reached no parameter's gradient: every backward path
+from the loss would have to be masked, say by ReLUs that are all inactive.) Outside torch.distributed nothing is
+folded.
 
 Where the check runs:
 
@@ -80,7 +94,7 @@ class MicroBatch:
 
 @dataclass
 class StepStatus:
-    """The one read-back of a step, for every rank (one rank without torch.distributed)."""
+    """The read-back of a step: this rank's row, or every rank's row once combined under torch.distributed."""
 
     rows: list[list[float]]
     rank: int
@@ -135,7 +149,8 @@ class Watch:
     overflow_patience=10, min_loss_scale=1.0)``. Compute the loss with ``watch.loss_fn`` (the watch records the
     targets for the replay); a model that computes its loss in ``forward`` (a scalar tensor, a dict with ``"loss"``,
     a tuple whose first element is the scalar loss, or an object with ``.loss``, the Hugging Face convention) needs
-    no ``loss_fn``. A nanlab ``Training`` has its ``loss_fn`` swapped for the duration.
+    no ``loss_fn``. A nanlab ``Training`` has its ``loss_fn`` swapped for the duration. Under
+    ``DistributedDataParallel`` backpropagate the loss that ``watch.loss_fn`` returns (it carries this rank's flag).
 
     Attributes, the same in the Keras watch: ``step`` (steps checked so far), ``history`` (a ``WatchHistory``:
     losses, gradient norms in unscaled units, skipped steps, loss scales), ``report`` (the last ``NonFiniteReport``
@@ -219,9 +234,14 @@ class Watch:
         if recording and self._micro_batches:
             batch = self._micro_batches[-1]
             batch.target, batch.loss_args, batch.loss_kwargs, batch.has_loss = target, args, kwargs, True
-        loss = self._user_loss(output, self._guard_labels(output, target, recording), *args, **kwargs)
+        guarded, bad_labels = self._guard_labels(output, target)
+        loss = self._user_loss(output, guarded, *args, **kwargs)
         if recording:
             self._add_loss(loss)
+            if bad_labels is not None:
+                self._bad_labels = bad_labels if self._bad_labels is None else self._bad_labels + bad_labels
+            if self._group is not None:
+                loss = loss * _rank_flag(loss, bad_labels)  # see the module docstring: DistributedDataParallel
         return loss
 
     def _record_forward(self, module, args, kwargs) -> None:
@@ -239,15 +259,13 @@ class Watch:
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
         self._loss_count += 1
 
-    def _guard_labels(self, output, target, recording: bool):
-        """``target`` with out-of-range class ids set to 0, their count kept for the step's check (no sync here)."""
+    def _guard_labels(self, output, target) -> tuple[Any, torch.Tensor | None]:
+        """``target`` with out-of-range class ids set to 0, and their count (a tensor: no sync here), or None when
+        ``target`` holds no class ids."""
         if not _class_ids(output, target):
-            return target
+            return target, None
         bad = ((target < 0) & (target != self._ignore_index)) | (target >= output.shape[1])
-        if recording:
-            count = bad.sum()
-            self._bad_labels = count if self._bad_labels is None else self._bad_labels + count
-        return torch.where(bad, 0, target)
+        return torch.where(bad, 0, target), bad.sum()
 
     # -- the check, once per optimizer step ----------------------------------------------------------------------
     def _before_update(self, optimizer, args, kwargs) -> None:
@@ -265,7 +283,7 @@ class Watch:
         else:
             scale = self.scaler.scale(self._one())
             self._scaler_pending = (self._grad_norm(None if self._unscaled else scale), scale)
-            if self._bad_labels is not None:
+            if self._bad_labels is not None and self._group is None:  # under DDP the rank flag has poisoned them
                 self._poison_gradients(self._bad_labels)
         return type(self.scaler).step(self.scaler, optimizer, *args, **kwargs)
 
@@ -289,6 +307,14 @@ class Watch:
             # float32 norms overflow past ~1.8e19: recompute exactly before calling finite gradients bad. (With a
             # scaler the gradients are unscaled by now: scaler.step unscales them, plain or fused.)
             status = self._read(self._exact_grad_norm(), scale, scale_after)
+        if self._group is not None:
+            # The gradients are DDP's reduction, the same on every rank, so every rank takes this branch at once:
+            # the collectives (status exchange, then the reports) run on a bad step only.
+            if not status.gradients_nonfinite:
+                self._warn_unfolded_loss(status)
+                self._record_healthy(status)
+                return
+            status = self._combined(status)
         if status.healthy:
             self._record_healthy(status)
         elif self.scaler is not None and not status.bad_labels:
@@ -302,19 +328,33 @@ class Watch:
             self._next_step()
 
     def _read(self, grad_norm, scale, scale_after) -> StepStatus:
-        """The one host synchronisation of a step (and the one all_reduce under torch.distributed)."""
+        """This rank's status vector: the one host synchronisation of a step (no collective)."""
         zero = torch.zeros((), dtype=torch.float64, device=grad_norm.device)
         loss = self._loss_sum / self._loss_count if self._loss_sum is not None else zero
         values = [loss, grad_norm, self._bad_labels if self._bad_labels is not None else zero,
                   scale if scale is not None else zero, scale_after if scale_after is not None else zero]
         vector = torch.stack([value.to(device=grad_norm.device, dtype=torch.float64) for value in values])
-        rank = 0
-        if self._group is not None:
-            from nanlab.frameworks.torch import distributed
+        return StepStatus([vector.tolist()], 0, has_loss=self._loss_sum is not None, scaled=scale is not None)
 
-            vector, rank = distributed.combine(vector, self._group)
-        rows = vector.reshape(-1, len(values)).tolist()
-        return StepStatus(rows, rank, has_loss=self._loss_sum is not None, scaled=scale is not None)
+    def _combined(self, status: StepStatus) -> StepStatus:
+        """Every rank's status vector (one all_reduce), at a step whose reduced gradients are non-finite."""
+        from nanlab.frameworks.torch import distributed
+
+        vector = torch.tensor(status.own, dtype=torch.float64, device=self._one().device)
+        table, rank = distributed.combine(vector, self._group)
+        return StepStatus(table.tolist(), rank, has_loss=status.has_loss, scaled=status.scaled)
+
+    def _warn_unfolded_loss(self, status: StepStatus) -> None:
+        """Under DDP a healthy step is decided on the reduced gradients alone, which every rank shares.
+        ``watch.loss_fn`` folds a non-finite loss or an out-of-range label into them; a loss computed inside forward
+        is not folded, so a non-finite one with finite gradients is logged here, not raised (one rank stopping alone
+        would leave the others waiting in DDP's next reduction)."""
+        own = status.own
+        if (status.has_loss and not math.isfinite(own[LOSS])) or own[BAD_LABELS] > 0:
+            LOG.warning("nanlab.watch: at step %d rank %d's loss is %s (%g class labels out of range), but the "
+                        "gradients DDP reduced are finite; under DistributedDataParallel the watch decides on those "
+                        "gradients, and only a loss computed with watch.loss_fn is folded into them", self.step,
+                        torch.distributed.get_rank(self._group), own[LOSS], own[BAD_LABELS])
 
     def _record_healthy(self, status: StepStatus) -> None:
         if status.has_loss:
@@ -462,6 +502,18 @@ def loss_of(output) -> torch.Tensor | None:
     else:
         candidate = getattr(output, "loss", None)
     return candidate if isinstance(candidate, torch.Tensor) and candidate.is_floating_point() else None
+
+
+def _rank_flag(loss: torch.Tensor, bad_labels: torch.Tensor | None) -> torch.Tensor:
+    """1.0 when this rank's ``loss`` is finite and its labels are in range, NaN otherwise, in the loss's dtype.
+
+    Multiplied into the loss under DistributedDataParallel: ``x * 1.0`` is exact (healthy training is bit-identical),
+    and a NaN factor makes this rank's gradients NaN, which DDP's reduction hands to every rank. No host sync.
+    """
+    healthy = torch.isfinite(loss.detach()).all()
+    if bad_labels is not None:
+        healthy = healthy & (bad_labels == 0)
+    return torch.where(healthy, 1.0, math.nan).to(loss.dtype)
 
 
 def _class_ids(output, target) -> bool:
