@@ -4,7 +4,8 @@
     python benchmarks/bench_torch.py --quick    # fewer rounds
 
 Models: a small CNN, an RNN, a small transformer block; the CNN again under float16 autocast with a GradScaler; and
-a 2-rank DistributedDataParallel run over gloo (the watch's check is combined across ranks by one all_reduce).
+a 2-rank DistributedDataParallel run over gloo (the watch adds no collective on a healthy step: it reads the
+gradients DDP has reduced).
 Variants: the plain loop; nanlab.watch; and, as anchors, torch.autograd.detect_anomaly and a forward hook on every
 module that checks ``isfinite`` (the usual hand-rolled NaN hunt). Variants are timed in interleaved rounds (the
 order rotates every round), each round measuring wall-clock (``time.perf_counter``) and process CPU time
