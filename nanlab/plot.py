@@ -8,14 +8,19 @@ Every figure keeps these rules (tests/test_plot.py checks them on the matplotlib
   at all says so in words instead of showing an empty frame;
 - the broken run is red and solid; a wrong fix (``Fix.hides_problem``) is violet-grey, dashed, with x markers; real
   fixes take other colours, each with its own marker shape at steps offset from the other runs', so lines that
-  overlap stay tellable apart; runs whose curves are identical are drawn once and the legend names them all;
+  overlap stay tellable apart; runs whose curves are identical are drawn once and the legend names them all (on a
+  comparison's panels only runs identical in every panel merge, so each run has one style and one legend entry);
 - when the broken run's blow-up would squash the other runs into a sliver, the y-axis fits the other runs and the
-  broken run's off-scale points sit on the edge as triangles, its peak written in the legend;
+  broken run's off-scale points sit on the edge as triangles, its peak written beside them;
+- a few points far below the rest (a gradient norm of 1e-17 among norms of 1e-2 to 1e4) or exact zeros do not
+  stretch a log axis: they sit on its bottom edge as triangles, the lowest value written beside them;
 - long runs whose values swing over decades from one step to the next (minibatch losses that drop to ~0 and jump
   back) are drawn as running means on a linear axis (``smooth="auto"``), where "near zero" and "about one" read
   apart at a glance;
-- a log axis always carries at least two labelled ticks, and tick labels do not overlap (``set_symlog`` for a
-  symmetric-log axis with thinned ticks);
+- a log axis always carries at least two labelled ticks spread over its range (1-2-5 ticks when it spans less
+  than two decades), and tick labels do not overlap (``set_symlog`` for a symmetric-log axis with thinned ticks);
+- a comparison's title says "broken vs fixes" only when it shows the broken run and a real fix ("broken vs wrong
+  fixes", "fixes compared" otherwise);
 - ``plot_comparison`` adds a held-out score panel when the loss alone hides the lesson (a wrong fix that stays
   finite, a finite run that did not learn).
 """
@@ -42,6 +47,8 @@ FIX_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:cyan", "tab:olive", "
 FIX_MARKERS = ("s", "^", "D", "v", "P", "*", "h", "p")  # "o" is the broken run's
 FEW_POINTS = 25  # up to this many finite points a run is drawn with a marker on every point
 SQUASH_DECADES = 3.0  # the broken run may stretch the axis this many decades beyond the other runs before clipping
+OUTLIER_SHARE = 0.02  # this share of an axis's lowest points may sit on its bottom edge instead of stretching it
+TICK_MANTISSAS = ((1, 2, 5), (1, 2, 3, 5))  # log ticks within a decade, sparsest first
 NOISY_DECADES = 2.0  # a long run is noisy when a quarter of its steps change its value by this many decades
 NOISY_MIN_POINTS = 50
 SCORE_FLOOR = -1.0  # score bars stop here (an R^2 can be -400); the label still shows the true score
@@ -72,6 +79,7 @@ class _AxisState:
     series: list[_Series] = field(default_factory=list)
     artists: list = field(default_factory=list)
     ylabel: str = ""
+    linked: list["_AxisState"] = field(default_factory=list)  # axes showing the same runs: they group alike
 
 
 _STATES: "weakref.WeakKeyDictionary[Axes, _AxisState]" = weakref.WeakKeyDictionary()
@@ -132,16 +140,24 @@ def _same_curve(a: _Series, b: _Series) -> bool:
             and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0) for x, y in zip(a.values, b.values)))
 
 
-def _groups(series: list[_Series]) -> list[list[_Series]]:
-    """Series with identical curves, grouped (drawn once); otherwise one group per series, in drawing order."""
-    groups: list[list[_Series]] = []
-    for one in series:
-        match = next((group for group in groups if _same_curve(group[0], one)), None)
+def _groups(state: _AxisState) -> list[list[_Series]]:
+    """Series with identical curves, grouped (drawn once); otherwise one group per series, in drawing order.
+
+    On axes linked to others that show the same runs (a comparison's loss and gradient-norm panels) two runs merge
+    only when they are identical on every one of them, so that a run has one style and one legend entry in all."""
+    states = [state, *(other for other in state.linked if len(other.series) == len(state.series))]
+
+    def same(first: int, second: int) -> bool:
+        return all(_same_curve(one.series[first], one.series[second]) for one in states)
+
+    groups: list[list[int]] = []
+    for index in range(len(state.series)):
+        match = next((group for group in groups if same(group[0], index)), None)
         if match is None:
-            groups.append([one])
+            groups.append([index])
         else:
-            match.append(one)
-    return groups
+            match.append(index)
+    return [[state.series[index] for index in group] for group in groups]
 
 
 def _styles(groups: list[list[_Series]]) -> list[dict]:
@@ -167,10 +183,33 @@ def _styles(groups: list[list[_Series]]) -> list[dict]:
     return styles
 
 
-def _focus_range(groups: list[list[_Series]]) -> tuple[float, float] | None:
+def _is_log(values: list[float], noisy: bool) -> bool:
+    """Whether ``_scale`` puts these values on a log axis (see there)."""
+    return not noisy and min(values) >= 0 and (min(values) > 0 or _spans_decades(values))
+
+
+def _floor(groups: list[list[_Series]]) -> float | None:
+    """The bottom of a log axis when a few points would stretch it far below the rest (a step whose gradient norm
+    fell to 1e-17 among norms of 1e-2 to 1e4) or cannot sit on it at all (exact zeros); else None.
+
+    The lowest ``OUTLIER_SHARE`` of the points may fall more than ``SQUASH_DECADES`` below the others: those points
+    sit on the bottom edge instead. Zeros sit there too, just under the lowest positive value."""
+    values = sorted(value for group in groups for value in group[0].values)
+    positive = [value for value in values if value > 0]
+    if not positive:
+        return None
+    bulk_low = positive[min(len(positive) - 1, int(len(positive) * OUTLIER_SHARE))]
+    floor = bulk_low / 10 ** SQUASH_DECADES
+    if positive[0] < floor:
+        return floor
+    return positive[0] / 10 ** 0.2 if values[0] <= 0 else None
+
+
+def _focus_range(groups: list[list[_Series]], floor: float | None) -> tuple[float, float] | None:
     """The y-range of the runs other than the broken one, when the broken run would squash them; else None."""
-    others = [value for group in groups if group[0].run.fix is not None for value in group[0].values if value > 0]
-    broken = [value for group in groups if group[0].run.fix is None for value in group[0].values if value > 0]
+    shown = floor or 0.0
+    others = [value for group in groups if group[0].run.fix is not None for value in group[0].values if value > shown]
+    broken = [value for group in groups if group[0].run.fix is None for value in group[0].values if value > shown]
     if not others or not broken:
         return None
     low, high = min(others), max(others)
@@ -180,8 +219,9 @@ def _focus_range(groups: list[list[_Series]]) -> tuple[float, float] | None:
 
 
 def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, index: int, count: int,
-                focus: tuple[float, float] | None) -> tuple:
-    """Draw one group's curve (clipped into ``focus``) and return its legend handle and label."""
+                focus: tuple[float, float] | None, floor: float | None) -> tuple:
+    """Draw one group's curve (clipped into ``focus`` at the top and at ``floor`` at the bottom) and return its
+    legend handle and label."""
     lead = group[0]
     label = " = ".join(_name(one.run) for one in group) + (" (identical)" if len(group) > 1 else "")
     label += _outcome(lead.run)
@@ -196,6 +236,15 @@ def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, 
             values = [min(value, focus[1]) for value in values]
             state.artists += ax.plot([step for step, _ in off_scale], [focus[1]] * len(off_scale), linestyle="none",
                                      marker="^", markersize=8, color=style["color"], clip_on=False)
+    below = [(step, value) for step, value in zip(lead.steps, values) if floor is not None and value < floor]
+    if below:
+        lowest = min(value for _, value in below)
+        state.artists.append(ax.annotate(f"{_name(lead.run)} below scale (▼), down to {lowest:.2g}",
+                                         xy=(below[0][0], floor), xytext=(6, 6), textcoords="offset points",
+                                         fontsize="small", color=style["color"]))
+        values = [max(value, floor) for value in values]
+        state.artists += ax.plot([step for step, _ in below], [floor] * len(below), linestyle="none", marker="v",
+                                 markersize=8, color=style["color"], clip_on=False)
     points = len(lead.steps)
     spacing = 1 if points <= FEW_POINTS else max(1, points // 10)
     line, = ax.plot(lead.steps, values, color=style["color"], linestyle=style["linestyle"],
@@ -224,12 +273,26 @@ def _mark_nonfinite(ax: Axes, state: _AxisState, groups: list[list[_Series]], st
                                  transform=ax.get_xaxis_transform(), clip_on=False, linestyle="none")
 
 
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Ticks spread over the whole of a log axis spanning less than two decade ticks: the sparsest of 1-2-5 or
+    1-2-3-5 per decade that puts three ticks in range; none when neither does (a range narrower than ~3x)."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for mantissas in TICK_MANTISSAS:
+        ticks = [float(f"{mantissa}e{decade}") for decade in decades for mantissa in mantissas]
+        ticks = [tick for tick in ticks if low <= tick <= high]
+        if len(ticks) >= 3:
+            return ticks
+    return []
+
+
 def _readable_ticks(ax: Axes, low: float, high: float) -> None:
-    """A log axis over less than a decade gets plain-number ticks (at least two); a wide one keeps decade ticks."""
+    """A log axis over less than two decades gets plain-number ticks spread over its whole range (at least two:
+    1-2-5 ticks, or evenly spaced ones on a range narrower than ~3x); a wide one keeps decade ticks."""
     if math.floor(math.log10(high)) - math.ceil(math.log10(low)) >= 1:
         ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
         return
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    ticks = _log_ticks(low, high)
+    ax.yaxis.set_major_locator(FixedLocator(ticks) if ticks else MaxNLocator(nbins=4))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -249,29 +312,30 @@ def set_symlog(ax: Axes, linthresh: float = 1.0, axis: str = "y", max_ticks: int
     getattr(ax, f"{axis}axis").set_major_locator(FixedLocator(ticks))
 
 
-def _y_limits(values: list[float], focus: tuple[float, float] | None) -> tuple[float, float]:
-    """The y-range on a log axis: the focus range, else the drawn values padded by a fifth of a decade."""
-    if focus is not None:
-        return focus
-    low, high = min(values), max(values)
-    return low / 10 ** 0.2, high * 10 ** 0.2
+def _y_limits(values: list[float], focus: tuple[float, float] | None,
+              floor: float | None) -> tuple[float, float]:
+    """The y-range on a log axis: the focus range, else the drawn values padded by a fifth of a decade; the bottom
+    at ``floor`` when one is set."""
+    low, high = focus or (min(values) / 10 ** 0.2, max(values) * 10 ** 0.2)
+    return (floor if floor is not None else low), high
 
 
-def _scale(ax: Axes, values: list[float], focus: tuple[float, float] | None, noisy: bool) -> None:
+def _scale(ax: Axes, values: list[float], focus: tuple[float, float] | None, floor: float | None,
+           noisy: bool) -> None:
     """Axis scales and limits for the drawn values: linear for noisy runs (running means) and for values around
     zero within two decades, log for positive values, symmetric-log for values of both signs over many decades."""
     ax.set_autoscalex_on(True)  # a first call with nothing finite fixed the x-range around its marker
     ax.set_autoscaley_on(True)
     ax.relim()  # forget the lines just removed
-    if noisy or (min(values) <= 0 and not _spans_decades(values)):
-        ax.set_yscale("linear")
-        ax.autoscale_view()
-    elif min(values) >= 0:  # exact zeros (a clipped gradient norm) cannot sit on a log axis; the rest can
+    if _is_log(values, noisy):  # exact zeros (a clipped gradient norm) sit on the bottom edge (see _floor)
         ax.set_yscale("log")
         ax.autoscale_view(scaley=False)
-        low, high = _y_limits([value for value in values if value > 0], focus)
+        low, high = _y_limits([value for value in values if value > 0], focus, floor)
         ax.set_ylim(low, high)
         _readable_ticks(ax, low, high)
+    elif noisy or not _spans_decades(values):
+        ax.set_yscale("linear")
+        ax.autoscale_view()
     else:
         ax.autoscale_view()
         set_symlog(ax, linthresh=min(abs(value) for value in values if value != 0))
@@ -283,15 +347,16 @@ def _redraw(ax: Axes) -> None:
         artist.remove()
     state.artists = []
     noisy = _smooth(state)
-    groups = _groups(state.series)
+    groups = _groups(state)
     styles = _styles(groups)
-    focus = _focus_range(groups)
-    handles = [_draw_group(ax, state, group, style, index, len(groups), focus)
+    values = [value for group in groups for value in group[0].values]
+    floor = _floor(groups) if values and _is_log(values, noisy) else None
+    focus = _focus_range(groups, floor)
+    handles = [_draw_group(ax, state, group, style, index, len(groups), focus, floor)
                for index, (group, style) in enumerate(zip(groups, styles))]
     _mark_nonfinite(ax, state, groups, styles)
-    values = [value for group in groups for value in group[0].values]
     if values:
-        _scale(ax, values, focus, noisy)
+        _scale(ax, values, focus, floor, noisy)
     else:
         state.artists.append(ax.text(0.5, 0.5, "no finite value to plot:\nevery run was non-finite from its first "
                                      "step or raised", transform=ax.transAxes, ha="center", va="center",
@@ -348,7 +413,7 @@ def plot_scores(runs: Sequence[Run], ax: Axes | None = None, colours: Sequence[s
     line; a run without a score (non-finite, or raised) says why in place of its bar. ``colours``, one per run,
     match the bars to lines drawn elsewhere."""
     ax = ax or plt.figure(figsize=(4, 3)).gca()
-    colours = list(colours) if colours else [_default_colour(run, index) for index, run in enumerate(runs)]
+    colours = list(colours) if colours else _default_colours(runs)
     rows = len(runs)
     for index, (run, colour) in enumerate(zip(runs, colours)):
         row = rows - 1 - index  # the first run on top, as in the legend
@@ -364,19 +429,31 @@ def plot_scores(runs: Sequence[Run], ax: Axes | None = None, colours: Sequence[s
     ax.set_ylim(-0.6, rows - 0.4)
     scores = [max(run.score, SCORE_FLOOR) for run in runs if run.score is not None]
     ax.set_xlim(min([0.0, *scores]) * 1.15, max([1.0, *(score * 1.15 for score in scores)]))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))  # labels apart on a narrow panel
     pass_score = next((cause.pass_score for cause in map(_registered_cause, runs) if cause), None)
     if pass_score is not None:
         ax.axvline(pass_score, color="black", linestyle=":", linewidth=1, label=f"pass mark {pass_score:g}")
         ax.legend(fontsize="small", loc="lower right")
-    ax.set(xlabel=next((run.score_name for run in runs if run.score_name), "held-out score"),
-           title="held-out score")
+    xlabel = next((run.score_name for run in runs if run.score_name), "held-out score")
+    if any(run.score is not None and run.score < SCORE_FLOOR for run in runs):
+        xlabel += f" (bars cut at {SCORE_FLOOR:g})"
+    ax.set(xlabel=xlabel, title="held-out score")
     return ax
 
 
-def _default_colour(run: Run, index: int) -> str:
-    if run.fix is None:
-        return BROKEN_COLOUR
-    return WRONG_FIX_COLOUR if is_wrong_fix(run) else FIX_COLOURS[index % len(FIX_COLOURS)]
+def _default_colours(runs: Sequence[Run]) -> list[str]:
+    """The colours ``plot_loss`` gives these runs drawn in this order on one axis: red for the broken run, the
+    wrong-fix colour, and the fix colours in turn for the real fixes."""
+    colours, fixes = [], 0
+    for run in runs:
+        if run.fix is None:
+            colours.append(BROKEN_COLOUR)
+        elif is_wrong_fix(run):
+            colours.append(WRONG_FIX_COLOUR)
+        else:
+            colours.append(FIX_COLOURS[fixes % len(FIX_COLOURS)])
+            fixes += 1
+    return colours
 
 
 def _registered_cause(run: Run):
@@ -421,15 +498,23 @@ def plot_comparison(runs: Sequence[Run], smooth: int | str = "auto", metric: boo
     loss_ax, norm_ax = axes[0], axes[1]
     for run in runs:
         plot_loss(run, loss_ax, smooth=smooth)
-    colours = [one.colour for one in _STATES[loss_ax].series]
-    for run, colour in zip(runs, colours):
-        plot_grad_norm(run, norm_ax, colour, smooth)
+        plot_grad_norm(run, norm_ax, smooth=smooth)
+    loss_state, norm_state = _STATES[loss_ax], _STATES[norm_ax]
+    loss_state.linked, norm_state.linked = [norm_state], [loss_state]
+    _redraw(loss_ax)  # now merging only runs identical in both panels
+    colours = [one.colour for one in loss_state.series]
+    for one, colour in zip(norm_state.series, colours):
+        one.colour = colour
+    _redraw(norm_ax)
     if show_metric:
         plot_scores(runs, axes[2], colours)
     _figure_legend(figure, {"loss": loss_ax, "gradient norm": norm_ax})
     first = runs[0]
     has_broken = any(run.fix is None for run in runs)
-    what = "broken vs fixes" if has_broken else "fixes compared"
+    fixes = [run for run in runs if run.fix is not None]
+    what = "fixes compared"
+    if has_broken:
+        what = "broken vs wrong fixes" if fixes and all(map(is_wrong_fix, fixes)) else "broken vs fixes"
     figure.suptitle(f"{first.cause}: {what} ({first.framework}, {first.device}, seed {first.seed})")
     loss_ax.set_title("loss")
     norm_ax.set_title("gradient norm")

@@ -210,3 +210,73 @@ def test_two_wrong_fixes_share_the_wrong_fix_colour_but_not_their_style():
              if line.get_label().startswith(("clip-log-output", "float64"))]
     assert len(lines) == 2 and lines[0].get_color() == lines[1].get_color()
     assert (lines[0].get_linestyle(), lines[0].get_marker()) != (lines[1].get_linestyle(), lines[1].get_marker())
+
+
+def _style(line):
+    return line.get_color(), line.get_linestyle(), line.get_marker()
+
+
+def test_runs_merge_only_when_identical_in_every_panel_and_keep_one_style_in_all():
+    # identical gradient norms, different losses: a wrong fix that changes the loss a little and nothing else
+    broken = run(cause="log-of-zero", losses=[1.0, 0.5, NAN], grad_norms=[1.0, 0.5, NAN], nonfinite=2)
+    wrong = run("clip-log-output", cause="log-of-zero", losses=[1.0, 0.6, NAN], grad_norms=[1.0, 0.5, NAN],
+                nonfinite=2)
+    other = run("float64", cause="log-of-zero", losses=[1.0, 0.7, 0.6], grad_norms=[0.9, 0.8, 0.7])
+    figure = plot_comparison([broken, wrong, other])
+    loss_lines, norm_lines = ({line.get_label(): line for line in data_lines(ax)} for ax in figure.axes[:2])
+    assert sorted(loss_lines) == sorted(norm_lines) and len(loss_lines) == 3
+    assert all(_style(loss_lines[label]) == _style(norm_lines[label]) for label in loss_lines)
+    assert not any(line.get_color() == BROKEN_COLOUR for label, line in norm_lines.items() if "wrong fix" in label)
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert len(labels) == 3 and not any("[" in label for label in labels), "one legend entry per run"
+
+
+def test_a_few_points_far_below_the_rest_sit_on_the_bottom_edge():
+    norms = [10 ** ((step % 7) - 2) for step in range(100)]  # 1e-2 to 1e4
+    norms[28], norms[40] = 1e-17, 0.0
+    ax = plot_grad_norm(run("clip", losses=[1.0] * 100, grad_norms=norms))
+    low, high = ax.get_ylim()
+    assert ax.get_yscale() == "log" and 1e-6 <= low < 1e-2 and high > 1e4
+    assert any("below scale" in text.get_text() and "down to 0" in text.get_text() for text in ax.texts)
+    edge, = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert list(edge.get_xdata()) == [28, 40] and list(edge.get_ydata()) == [low, low]
+
+
+def test_a_log_axis_under_two_decades_labels_its_whole_range():
+    ax = plot_grad_norm(run("fix", losses=[0.07 * 1.03 ** step for step in range(75)]))  # 0.07 to 0.6
+    ax.figure.canvas.draw()
+    low, high = ax.get_ylim()
+    ticks = [label.get_position()[1] for label in ax.yaxis.get_majorticklabels()
+             if label.get_text() and low <= label.get_position()[1] <= high]
+    assert len(ticks) >= 3 and min(ticks) < 0.15, "a labelled tick in the lower part, not only near the top"
+    assert not _overlaps(ax.yaxis.get_majorticklabels())
+
+
+def test_a_title_says_broken_vs_fixes_only_with_a_real_fix_in_it():
+    broken = run(cause="log-of-zero", losses=[1.0, 0.5, NAN], nonfinite=2)
+    wrong = run("clip-log-output", cause="log-of-zero", losses=[1.0, 0.7, 0.6])
+    real = run("fused-loss", cause="log-of-zero", losses=[1.0, 0.4, 0.2])
+    assert "broken vs wrong fixes" in plot_comparison([broken, wrong]).get_suptitle()
+    assert "broken vs fixes" in plot_comparison([broken, wrong, real]).get_suptitle()
+
+
+def test_score_bars_take_the_colours_of_the_loss_lines_and_say_where_they_are_cut():
+    from nanlab.plot import plot_scores
+
+    runs = [nanlab.Run("unnormalised-inputs", "torch", "cpu", 0, fix, 3, losses=[1.0, 0.5, 0.25 + shift],
+                       score=score, score_name="held-out R²")
+            for fix, score, shift in (("lower-lr", -42.0, 0.1), ("scale-to-unit", 0.95, 0.0))]
+    loss_ax = plot_loss(runs[0])
+    plot_loss(runs[1], loss_ax)
+    line_colours = {line.get_label(): line.get_color() for line in data_lines(loss_ax)}
+    _, (_, score_ax) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained", width_ratios=[1.4, 1])
+    plot_scores(runs, score_ax)
+    bar_colours = [matplotlib.colors.to_hex(bar.get_facecolor()[:3]) for bar in score_ax.patches]
+    assert bar_colours == [matplotlib.colors.to_hex(colour) for colour in
+                           (line_colours["lower-lr (wrong fix)"], line_colours["scale-to-unit"])]
+    assert "bars cut at -1" in score_ax.get_xlabel()
+    score_ax.figure.canvas.draw()
+    boxes = sorted((label.get_window_extent() for label in score_ax.get_xticklabels() if label.get_text()),
+                   key=lambda box: box.x0)
+    gaps = [second.x0 - first.x1 for first, second in zip(boxes, boxes[1:])]
+    assert len(boxes) >= 3 and min(gaps) >= 10, "tick labels apart by a character's width, not touching"
