@@ -133,3 +133,32 @@ def test_stop_in_a_gradient_tape_loop():
             if watch.stopped:
                 break
     assert watch.stopped and steps_run == watch.report.step + 1 < 16 and finite(model)
+
+
+def test_skip_leaves_adam_batchnorm_and_dropout_as_if_the_bad_batch_never_came():
+    """The guarded update holds back Adam's step count and moments; the forward pass's own changes (BatchNorm's
+    moving statistics, the dropout seed, fit's running loss) are put back from the watch's copies."""
+
+    def net():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(32), keras.layers.BatchNormalization(),
+                                  keras.layers.Activation("relu"), keras.layers.Dropout(0.3), keras.layers.Dense(4)])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    x, y = poisoned([5 * BATCH + 7])
+    model = net()
+    watch = nanlab.watch(model, on_nonfinite="skip")
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
+    assert watch.history.skipped_steps == [5] and finite(model)
+
+    plain = net()
+    keep = np.r_[0:5 * BATCH, 6 * BATCH:16 * BATCH]
+    plain_history = plain.fit(x[keep], y[keep], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == int(plain.optimizer.iterations) == 15
+    for watched, reference in zip(model.variables, plain.variables):  # weights, moving statistics, seed state
+        np.testing.assert_allclose(watched.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=watched.path)
+    for watched, reference in zip(model.optimizer.variables, plain.optimizer.variables):
+        np.testing.assert_allclose(watched.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=watched.path)
+    assert history.history["loss"][-1] == pytest.approx(plain_history.history["loss"][-1], rel=1e-5)

@@ -160,3 +160,29 @@ def test_the_range_is_measured_at_the_op_not_the_layer_output():
     largest_input = report.op_inputs[0]["max_abs"]
     assert 11.1 < largest_input < 88.7, "past float16's exp range, far inside float32's"
     assert report.max_abs == pytest.approx(np.exp(largest_input), rel=0.05) and report.max_abs > 65504.0
+
+
+def test_a_bad_label_under_a_loss_scaler_holds_back_the_update_and_keeps_the_scale(mixed_float16):
+    """Under a LossScaleOptimizer the watch makes the scaler skip the step itself; the scale it then lowers is put
+    back, so the weights, the step count and the scale are those the bad step began with."""
+    model = wide_model(0.2)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05)), loss=sparse_ce())
+    x, y = data(1.0)
+    y[2 * BATCH + 3] = 9  # 4 classes
+    watch = nanlab.watch(model)
+    before = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                before["weights"] = [w.copy() for w in self.model.get_weights()]
+                before["scale"] = float(self.model.optimizer.dynamic_scale)
+
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[watch, Snapshot()])
+    report = raised.value.report
+    assert (report.step, report.phase, report.samples) == (2, "data", [3]) and "9" in report.label_problem
+    assert watch.history.skipped_steps == [] and int(model.optimizer.iterations) == 2
+    assert float(model.optimizer.dynamic_scale) == before["scale"] == 32768.0
+    for now, then in zip(model.get_weights(), before["weights"]):
+        np.testing.assert_array_equal(now, then)
