@@ -1,0 +1,86 @@
+"""Bad initialisation in TensorFlow/Keras: a 20-layer ReLU MLP with N(0, 1) weights, its fixes and the vanishing
+twin."""
+from typing import Callable
+
+from nanlab.causes.bad_initialisation import (BAD_STD, BATCH_NORM_LR, BATCH_SIZE, DEPTH, LR, MOMENTUM, NUM_CLASSES,
+                                              NUM_FEATURES, SMALL_STD, WIDTH, make_data)
+from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
+
+
+class CompiledForward(keras.Model):
+    """Runs the wrapped model's forward pass as one ``tf.function``, as ``model.fit`` would: eagerly, 20 layers
+    cost tens of milliseconds per training step, op by op; the loop's ``GradientTape`` still differentiates
+    through it, and the watch's replay still runs it eagerly, layer by layer."""
+
+    def __init__(self, inner: keras.Model):
+        super().__init__(name=f"compiled_{inner.name}")
+        self.inner = inner
+        self.forward = tf.function(inner, reduce_retracing=True)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.forward(x, training=training)
+
+
+Initializer = Callable[[], keras.initializers.Initializer]
+
+
+def make_model(initializer: Initializer, batch_norm: bool = False, depth: int = DEPTH,
+               width: int = WIDTH) -> keras.Model:
+    """``depth`` x (Dense -> [BatchNormalization] -> ReLU), then a linear head; ``initializer()`` makes each
+    kernel's initializer.
+
+    A new initializer per layer: Keras 3 draws the same values from one unseeded initializer instance every time
+    it is called (measured: twenty identical 64x64 kernels), and a product of identical matrices grows along
+    their top eigenvector even with He's scale (logits ~20 instead of ~1 at initialisation).
+    """
+    layers = [keras.Input((NUM_FEATURES,))]
+    for _ in range(depth):
+        layers.append(keras.layers.Dense(width, kernel_initializer=initializer()))
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(momentum=0.9))  # = PyTorch's momentum 0.1
+        layers.append(keras.layers.ReLU())
+    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=initializer()))
+    return keras.Sequential(layers, name="deep_mlp")
+
+
+def standard_normal() -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(stddev=BAD_STD)  # what tf.random.normal as a kernel gives
+
+
+def he_normal() -> keras.initializers.Initializer:
+    return keras.initializers.HeNormal()  # std sqrt(2 / fan_in), truncated at two standard deviations
+
+
+def small_normal() -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(stddev=SMALL_STD)
+
+
+def build_training(seed: int, initializer: Initializer, batch_norm: bool = False,
+                   lr: float = LR) -> Training:
+    data = make_data(seed)
+    return Training(
+        model=CompiledForward(make_model(initializer, batch_norm)),
+        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM),
+        loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        batches=minibatches(data.x_train, data.y_train, BATCH_SIZE, seed),
+        evaluate=accuracy(data.x_eval, data.y_eval),
+    )
+
+
+def broken(seed: int, device: str) -> Training:
+    return build_training(seed, standard_normal)
+
+
+def he_init(seed: int, device: str) -> Training:
+    return build_training(seed, he_normal)
+
+
+def batch_norm(seed: int, device: str) -> Training:
+    return build_training(seed, standard_normal, batch_norm=True, lr=BATCH_NORM_LR)
+
+
+def small_init(seed: int, device: str) -> Training:
+    return build_training(seed, small_normal)
+
+
+SETTINGS = {"broken": broken, "he-init": he_init, "batch-norm": batch_norm, "small-init": small_init}
