@@ -197,8 +197,7 @@ class KerasWatch(keras.callbacks.Callback):
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the gradient of the global batch
-        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads]
-        norm = tf.sqrt(tf.add_n(squares)) if squares else tf.zeros((), tf.float64)
+        norm = global_norm(grads)
         scaler = self._scaler()
         if scaler is not None:
             norm = norm / tf.cast(scaler.dynamic_scale, tf.float64)  # in the loss's own units
@@ -399,7 +398,8 @@ class KerasWatch(keras.callbacks.Callback):
 
     def _create_batch_buffers(self, flat) -> None:
         with tf.init_scope(), self._strategy.scope():
-            self._batch_vars = [_batch_buffer(t) for t in flat]
+            compiled = bool(getattr(self.watched, "jit_compile", False))
+            self._batch_vars = [_batch_buffer(t, compiled) for t in flat]
             self._batch_rows = tf.Variable(0, dtype=tf.int32, **PER_REPLICA)
 
     def on_train_batch_end(self, batch, logs=None) -> None:
@@ -539,14 +539,29 @@ def _cheap_phase(loss: float, norm: float) -> str:
     return "backward" if not math.isfinite(norm) else "data"
 
 
-def _batch_buffer(tensor) -> tf.Variable:
-    """A variable to keep a copy of one batch tensor in.
+def global_norm(grads) -> tf.Tensor:
+    """The global L2 norm of ``grads`` as a float64 scalar.
 
-    With a static shape (XLA compiles one), a fixed buffer sized by that first batch and filled row by row, since
-    XLA cannot give a variable a new shape; a later batch may be smaller (an epoch's last), never larger. Without
-    one, a variable of unknown shape that each batch replaces. Each replica keeps its own share under tf.distribute.
+    One float32 ``l2_loss`` per tensor (one op each: the per-op cost, not the arithmetic, is what a small model's
+    step pays for); the exact float64 sum runs only when the float32 one is not finite, which happens for a
+    non-finite gradient or a norm past ~2.6e19, where float32's sum of squares overflows.
     """
-    if tensor.shape.is_fully_defined():
+    if not grads:
+        return tf.zeros((), tf.float64)
+    fast = tf.sqrt(2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in grads]))
+    return tf.cond(tf.math.is_finite(fast), lambda: tf.cast(fast, tf.float64),
+                   lambda: tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads])))
+
+
+def _batch_buffer(tensor, compiled: bool) -> tf.Variable:
+    """A variable to keep one batch tensor in, for the replay.
+
+    Under XLA (``compiled``) a fixed buffer sized by the first batch and filled row by row, since XLA cannot give a
+    variable a new shape; a later batch may be smaller (an epoch's last), never larger. Otherwise a variable of
+    unknown shape that each batch replaces whole (one assign, none of the slicing a fixed buffer needs). Each
+    replica keeps its own share under tf.distribute.
+    """
+    if compiled and tensor.shape.is_fully_defined():
         return tf.Variable(tf.zeros(tensor.shape, tensor.dtype), **PER_REPLICA)
     return tf.Variable(tf.zeros([0] * len(tensor.shape), tensor.dtype), shape=tf.TensorShape(None), **PER_REPLICA)
 
