@@ -236,3 +236,14 @@ def test_training_with_the_watch_survives_a_missing_private_api(monkeypatch):
     report = raised.value.report
     assert report.step > 2 and "Localisation was unavailable" in str(report)
     assert all(np.isfinite(w).all() for w in broken.get_weights())  # still restored to before the bad step
+
+
+def test_the_gradient_norm_is_exact_past_float32s_sum_of_squares_and_non_finite_with_a_nan():
+    """float32 squares overflow past a norm of ~2.6e19: the norm is then summed again in float64."""
+    from nanlab.frameworks.tensorflow.watch import global_norm
+
+    huge = [tf.fill([4], 1e30), tf.constant([3.0, 4.0])]
+    assert global_norm(huge).numpy() == pytest.approx(2e30, rel=1e-6)
+    assert global_norm([tf.constant([3.0, 4.0]), tf.constant([[12.0]])]).numpy() == pytest.approx(13.0)
+    assert math.isnan(global_norm([tf.constant([1.0, math.nan])]).numpy())
+    assert global_norm([]).numpy() == 0.0
