@@ -8,12 +8,13 @@ Every figure keeps these rules (tests/test_plot.py checks them on the matplotlib
   at all says so in words instead of showing an empty frame;
 - the broken run is red and solid; a wrong fix (``Fix.hides_problem``) is violet-grey, dashed, with x markers; real
   fixes take other colours, each with its own marker shape at steps offset from the other runs', so lines that
-  overlap stay tellable apart; runs whose curves are identical are drawn once and the legend names them all (on a
-  comparison's panels only runs identical in every panel merge, so each run has one style and one legend entry);
+  overlap stay tellable apart; runs whose curves are the same (to ``SAME_CURVE`` relative, float32 rounding) are
+  drawn once and the legend names them all (on a comparison's panels only runs the same in every panel merge, so
+  each run has one style and one legend entry);
 - when the broken run's blow-up would squash the other runs into a sliver, the y-axis fits the other runs and the
-  broken run's off-scale points sit on the edge as triangles, its peak written beside them;
+  broken run's off-scale points sit on the edge as triangles, its peak written in the legend (never on the data);
 - a few points far below the rest (a gradient norm of 1e-17 among norms of 1e-2 to 1e4) or exact zeros do not
-  stretch a log axis: they sit on its bottom edge as triangles, the lowest value written beside them;
+  stretch a log axis: they sit on its bottom edge as triangles, the lowest value written in the legend;
 - long runs whose values swing over decades from one step to the next (minibatch losses that drop to ~0 and jump
   back) are drawn as running means on a linear axis (``smooth="auto"``), where "near zero" and "about one" read
   apart at a glance;
@@ -52,6 +53,8 @@ TICK_MANTISSAS = ((1, 2, 5), (1, 2, 3, 5))  # log ticks within a decade, sparses
 NOISY_DECADES = 2.0  # a long run is noisy when a quarter of its steps change its value by this many decades
 NOISY_MIN_POINTS = 50
 SCORE_FLOOR = -1.0  # score bars stop here (an R^2 can be -400); the label still shows the true score
+LABEL_WIDTH = 0.12  # a score label's width, as a share of the score axis
+SAME_CURVE = 1e-6  # runs whose every value agrees to this relative tolerance are one curve on screen
 
 
 @dataclass
@@ -137,7 +140,7 @@ def _smooth(state: "_AxisState") -> bool:
 def _same_curve(a: _Series, b: _Series) -> bool:
     return (a.steps == b.steps and a.run.first_nonfinite_step == b.run.first_nonfinite_step
             and a.run.error == b.run.error
-            and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0) for x, y in zip(a.values, b.values)))
+            and all(math.isclose(x, y, rel_tol=SAME_CURVE, abs_tol=0.0) for x, y in zip(a.values, b.values)))
 
 
 def _groups(state: _AxisState) -> list[list[_Series]]:
@@ -219,32 +222,30 @@ def _focus_range(groups: list[list[_Series]], floor: float | None) -> tuple[floa
 
 
 def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, index: int, count: int,
-                focus: tuple[float, float] | None, floor: float | None) -> tuple:
+                focus: tuple[float, float] | None, floor: float | None) -> list[tuple]:
     """Draw one group's curve (clipped into ``focus`` at the top and at ``floor`` at the bottom) and return its
-    legend handle and label."""
+    legend entries (handle, label): the curve's, then one per edge its points were moved to."""
     lead = group[0]
-    label = " = ".join(_name(one.run) for one in group) + (" (identical)" if len(group) > 1 else "")
+    label = " = ".join(_name(one.run) for one in group) + (" (same curve)" if len(group) > 1 else "")
     label += _outcome(lead.run)
-    values = lead.values
+    values, edges = lead.values, []
     if focus is not None and lead.run.fix is None:
         off_scale = [(step, value) for step, value in zip(lead.steps, values) if value > focus[1]]
         if off_scale:
             peak = max(value for _, value in off_scale)
-            state.artists.append(ax.annotate(f"{_name(lead.run)} off scale (▲), up to {peak:.2g}",
-                                             xy=(off_scale[-1][0], focus[1]), xytext=(6, -12),
-                                             textcoords="offset points", fontsize="small", color=style["color"]))
             values = [min(value, focus[1]) for value in values]
-            state.artists += ax.plot([step for step, _ in off_scale], [focus[1]] * len(off_scale), linestyle="none",
-                                     marker="^", markersize=8, color=style["color"], clip_on=False)
+            marks, = ax.plot([step for step, _ in off_scale], [focus[1]] * len(off_scale), linestyle="none",
+                             marker="^", markersize=8, color=style["color"], clip_on=False)
+            state.artists.append(marks)
+            edges.append((marks, f"{_name(lead.run)} off scale, up to {peak:.2g}"))
     below = [(step, value) for step, value in zip(lead.steps, values) if floor is not None and value < floor]
     if below:
         lowest = min(value for _, value in below)
-        state.artists.append(ax.annotate(f"{_name(lead.run)} below scale (▼), down to {lowest:.2g}",
-                                         xy=(below[0][0], floor), xytext=(6, 6), textcoords="offset points",
-                                         fontsize="small", color=style["color"]))
         values = [max(value, floor) for value in values]
-        state.artists += ax.plot([step for step, _ in below], [floor] * len(below), linestyle="none", marker="v",
-                                 markersize=8, color=style["color"], clip_on=False)
+        marks, = ax.plot([step for step, _ in below], [floor] * len(below), linestyle="none", marker="v",
+                         markersize=8, color=style["color"], clip_on=False)
+        state.artists.append(marks)
+        edges.append((marks, f"{_name(lead.run)} below scale, down to {lowest:.2g}"))
     points = len(lead.steps)
     spacing = 1 if points <= FEW_POINTS else max(1, points // 10)
     line, = ax.plot(lead.steps, values, color=style["color"], linestyle=style["linestyle"],
@@ -252,7 +253,7 @@ def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, 
                     markevery=(index * spacing // max(count, 1) if spacing > 1 else 0, spacing),
                     linewidth=1.6 if lead.run.fix is None else 1.3, label=label)
     state.artists.append(line)
-    return line, label
+    return [(line, label), *edges]
 
 
 def _mark_nonfinite(ax: Axes, state: _AxisState, groups: list[list[_Series]], styles: list[dict]) -> None:
@@ -352,8 +353,8 @@ def _redraw(ax: Axes) -> None:
     values = [value for group in groups for value in group[0].values]
     floor = _floor(groups) if values and _is_log(values, noisy) else None
     focus = _focus_range(groups, floor)
-    handles = [_draw_group(ax, state, group, style, index, len(groups), focus, floor)
-               for index, (group, style) in enumerate(zip(groups, styles))]
+    handles = [entry for index, (group, style) in enumerate(zip(groups, styles))
+               for entry in _draw_group(ax, state, group, style, index, len(groups), focus, floor)]
     _mark_nonfinite(ax, state, groups, styles)
     if values:
         _scale(ax, values, focus, floor, noisy)
@@ -415,6 +416,10 @@ def plot_scores(runs: Sequence[Run], ax: Axes | None = None, colours: Sequence[s
     ax = ax or plt.figure(figsize=(4, 3)).gca()
     colours = list(colours) if colours else _default_colours(runs)
     rows = len(runs)
+    scores = [max(run.score, SCORE_FLOOR) for run in runs if run.score is not None]
+    low, high = min([0.0, *scores]) * 1.15, max([1.0, *(score * 1.15 for score in scores)])
+    span = high - low
+    pass_score = next((cause.pass_score for cause in map(_registered_cause, runs) if cause), None)
     for index, (run, colour) in enumerate(zip(runs, colours)):
         row = rows - 1 - index  # the first run on top, as in the legend
         if run.score is None:
@@ -424,21 +429,29 @@ def plot_scores(runs: Sequence[Run], ax: Axes | None = None, colours: Sequence[s
             drawn = max(run.score, SCORE_FLOOR)  # an R^2 of -400 would squash every other bar
             ax.barh(row, drawn, color=colour, hatch="//" if is_wrong_fix(run) else None, alpha=0.85)
             shown = round(run.score, 2) + 0.0  # + 0.0: no "-0.00" for a score just below zero
-            ax.text(max(drawn, 0.0), row, f" {shown:.2f}", va="center", fontsize="small")
+            ax.text(_score_label_x(drawn, pass_score, span), row, f" {shown:.2f}", va="center", fontsize="small")
     ax.set_yticks(range(rows), [run.setting for run in reversed(runs)], fontsize="small")
     ax.set_ylim(-0.6, rows - 0.4)
-    scores = [max(run.score, SCORE_FLOOR) for run in runs if run.score is not None]
-    ax.set_xlim(min([0.0, *scores]) * 1.15, max([1.0, *(score * 1.15 for score in scores)]))
+    ax.set_xlim(low, high)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))  # labels apart on a narrow panel
-    pass_score = next((cause.pass_score for cause in map(_registered_cause, runs) if cause), None)
-    if pass_score is not None:
-        ax.axvline(pass_score, color="black", linestyle=":", linewidth=1, label=f"pass mark {pass_score:g}")
-        ax.legend(fontsize="small", loc="lower right")
+    title = "held-out score"
+    if pass_score is not None:  # named in the title: a legend inside this small panel sits on the bars
+        ax.axvline(pass_score, color="black", linestyle=":", linewidth=1)
+        title += f" (dotted: pass mark {pass_score:g})"
     xlabel = next((run.score_name for run in runs if run.score_name), "held-out score")
     if any(run.score is not None and run.score < SCORE_FLOOR for run in runs):
         xlabel += f" (bars cut at {SCORE_FLOOR:g})"
-    ax.set(xlabel=xlabel, title="held-out score")
+    ax.set(xlabel=xlabel, title=title)
     return ax
+
+
+def _score_label_x(drawn: float, pass_score: float | None, span: float) -> float:
+    """Where a bar's score label starts: at the bar's end, or just past the pass mark when the label would sit
+    on its dotted line (a score a little below the mark)."""
+    x = max(drawn, 0.0)
+    if pass_score is not None and 0 <= pass_score - x < LABEL_WIDTH * span:
+        return pass_score
+    return x
 
 
 def _default_colours(runs: Sequence[Run]) -> list[str]:

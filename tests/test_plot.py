@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import nanlab  # noqa: E402
 from nanlab.plot import (BROKEN_COLOUR, _finite_points, plot_comparison, plot_grad_norm, plot_loss,  # noqa: E402
-                         set_symlog)
+                         plot_scores, set_symlog)
 from nanlab.run import Run  # noqa: E402
 
 NAN = float("nan")
@@ -98,7 +98,7 @@ def test_identical_runs_are_drawn_once_with_a_note_in_the_legend():
     figure = plot_comparison(fixes)
     assert len(data_lines(figure.axes[0])) == 1
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
-    assert labels == ["a = b = c (identical)"]
+    assert labels == ["a = b = c (same curve)"]
     assert "fixes compared" in figure.get_suptitle(), "no broken run, so not 'broken vs fixes'"
 
 
@@ -116,7 +116,10 @@ def test_the_broken_blow_up_does_not_squash_the_fixes():
     ax = plot_comparison([broken, *fixes]).axes[0]
     low, high = ax.get_ylim()
     assert high < 10 and low > 0.01, "the axis fits the fixes (0.05-1), not the broken run's 1e26"
-    assert any("off scale" in text.get_text() and "1e+26" in text.get_text() for text in ax.texts)
+    figure = ax.figure
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any(label.startswith("broken off scale, up to 1e+26") for label in labels), "the peak is in the legend"
+    assert not ax.texts
     edge = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert edge and list(edge[0].get_xdata()) == [1, 2, 3], "each off-scale step is a triangle on the edge"
 
@@ -127,7 +130,8 @@ def test_notebook_style_calls_on_one_axis_redraw_with_every_run_in_view():
     assert ax.get_ylim()[1] > 1e20
     plot_loss(run("fix", losses=[1.0, 0.5, 0.4]), ax)
     assert ax.get_ylim()[1] < 10, "adding a fix refits the axis"
-    assert len(ax.get_legend().get_texts()) == 2
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "broken: non-finite at step 2", "broken off scale, up to 1e+20", "fix"]
 
 
 def test_noisy_long_runs_become_running_means_on_a_linear_axis():
@@ -237,7 +241,7 @@ def test_a_few_points_far_below_the_rest_sit_on_the_bottom_edge():
     ax = plot_grad_norm(run("clip", losses=[1.0] * 100, grad_norms=norms))
     low, high = ax.get_ylim()
     assert ax.get_yscale() == "log" and 1e-6 <= low < 1e-2 and high > 1e4
-    assert any("below scale" in text.get_text() and "down to 0" in text.get_text() for text in ax.texts)
+    assert "clip below scale, down to 0" in [text.get_text() for text in ax.get_legend().get_texts()]
     edge, = [line for line in ax.get_lines() if line.get_marker() == "v"]
     assert list(edge.get_xdata()) == [28, 40] and list(edge.get_ydata()) == [low, low]
 
@@ -280,3 +284,20 @@ def test_score_bars_take_the_colours_of_the_loss_lines_and_say_where_they_are_cu
                    key=lambda box: box.x0)
     gaps = [second.x0 - first.x1 for first, second in zip(boxes, boxes[1:])]
     assert len(boxes) >= 3 and min(gaps) >= 10, "tick labels apart by a character's width, not touching"
+
+
+def test_runs_that_agree_to_float32_rounding_are_one_curve():
+    fixes = [run("a", losses=[1.0 / (1 + step) for step in range(20)]),
+             run("b", losses=[(1.0 + 2.4e-7) / (1 + step) for step in range(20)]),
+             run("c", losses=[(1.0 + 1e-3) / (1 + step) for step in range(20)])]
+    labels = [text.get_text() for legend in plot_comparison(fixes).legends for text in legend.get_texts()]
+    assert labels == ["a = b (same curve)", "c"]
+
+
+def test_the_pass_mark_is_named_in_the_title_and_a_score_just_below_it_is_labelled_past_its_line():
+    real = run("map-labels", cause="symmetric-labels", score=1.0, learned=True)
+    wrong = run("wrapping-gather", cause="symmetric-labels", score=0.73)
+    ax = plot_scores([real, wrong])
+    assert "pass mark 0.8" in ax.get_title() and ax.get_legend() is None, "no legend box over the bars"
+    label_x = {text.get_text().strip(): text.get_position()[0] for text in ax.texts}
+    assert label_x == {"1.00": 1.0, "0.73": 0.8}, "0.73 starts right of the dotted line at 0.8, not across it"
