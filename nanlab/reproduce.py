@@ -15,7 +15,7 @@ from nanlab.devices import check_device, resolve_device
 from nanlab.errors import NanlabError
 from nanlab.frameworks import Framework, get_framework, list_frameworks
 from nanlab.registry import Cause, get_cause, list_causes
-from nanlab.run import Run
+from nanlab.run import History, Run
 from nanlab.seeding import check_seed, seed_everything
 
 
@@ -36,13 +36,15 @@ def reproduce(cause: str | Cause, framework: str | Framework = "torch", device: 
     run = Run(cause=cause.id, framework=framework.name, device=device, seed=seed, fix=fix, steps=steps,
               score_name=cause.score_name)
     seed_everything(seed, framework)
+    history = History()  # filled step by step: a run that raises keeps the steps before it
     with framework.backend.on_device(device):
         try:
             training = recipe.SETTINGS[run.setting](seed=seed, device=device)
-            history = loop.train(training, steps)
+            loop.train(training, steps, history)
         except getattr(recipe, "EXPECTED_ERRORS", ()) as raised:
             run.error = type(raised).__name__
             run.error_message = str(raised).strip().splitlines()[0] if str(raised).strip() else ""
+            run.losses, run.grad_norms = history.losses, history.grad_norms
             return run
         run.losses, run.grad_norms = history.losses, history.grad_norms
         run.first_nonfinite_step = history.first_nonfinite_step

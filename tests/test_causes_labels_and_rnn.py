@@ -72,6 +72,16 @@ def test_torch_cpu_raises_index_error_for_an_out_of_range_target():
         torch.nn.functional.cross_entropy(torch.zeros(2, 5), torch.tensor([0, 8000]))
 
 
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_a_run_that_raises_keeps_the_steps_before_the_raise(framework):
+    pytest.importorskip("torch" if framework == "torch" else "tensorflow")
+    broken = nanlab.reproduce("huge-labels", framework, "cpu", seed=0)
+    raised_at = len(broken.losses)
+    assert broken.error and raised_at > 0 and all(map(math.isfinite, broken.losses + broken.grad_norms))
+    assert nanlab.reproduce("huge-labels", framework, "cpu", seed=0, steps=raised_at).finite
+    assert nanlab.reproduce("huge-labels", framework, "cpu", seed=0, steps=raised_at + 1).error == broken.error
+
+
 def test_torch_huge_labels_broken_records_index_error_and_fixes_learn():
     pytest.importorskip("torch")
     broken = nanlab.reproduce("huge-labels", "torch", "cpu", seed=1)

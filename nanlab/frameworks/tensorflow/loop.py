@@ -79,9 +79,10 @@ def train_step(training: Training, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tenso
     return loss, norm
 
 
-def train(training: Training, steps: int) -> History:
-    """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite."""
-    history = History()
+def train(training: Training, steps: int, history: History | None = None) -> History:
+    """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite. Steps are
+    recorded into ``history`` when given, so that a caller keeps the steps before an exception."""
+    history = history if history is not None else History()
     for _ in range(steps):
         x, y = next(training.batches)
         loss, norm = train_step(training, x, y)

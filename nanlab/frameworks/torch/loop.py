@@ -91,13 +91,14 @@ def train_step(training: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[to
     return loss, norm
 
 
-def train(training: Training, steps: int) -> History:
+def train(training: Training, steps: int, history: History | None = None) -> History:
     """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite.
 
-    One host synchronisation per step: the loss and the norm come back together.
+    One host synchronisation per step: the loss and the norm come back together. Steps are recorded into
+    ``history`` when given, so that a caller keeps the steps before an exception.
     """
     training.model.train()
-    history = History()
+    history = history if history is not None else History()
     for _ in range(steps):
         x, y = next(training.batches)
         loss, norm = train_step(training, x, y)
