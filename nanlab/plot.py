@@ -7,8 +7,8 @@ Every figure keeps these rules (tests/test_plot.py checks them on the matplotlib
   run that raised or was non-finite from its first step gets an X at that step, and an axis with no finite value
   at all says so in words instead of showing an empty frame;
 - the broken run is red and solid; a wrong fix (``Fix.hides_problem``) is violet-grey, dashed, with x markers; real
-  fixes take other colours, each with its own marker shape at steps offset from the other runs', so lines that
-  overlap stay tellable apart; runs whose curves are the same (to ``SAME_CURVE`` relative, float32 rounding) are
+  fixes take other colours, each with its own hollow marker shape at steps offset from the other runs', so lines
+  that overlap stay tellable apart; runs whose curves are the same (to ``SAME_CURVE`` relative, float32 rounding) are
   drawn once and the legend names them all (on a comparison's panels only runs the same in every panel merge, so
   each run has one style and one legend entry);
 - when the broken run's blow-up would squash the other runs into a sliver, the y-axis fits the other runs and the
@@ -49,7 +49,8 @@ FIX_MARKERS = ("s", "^", "D", "v", "P", "*", "h", "p")  # "o" is the broken run'
 FEW_POINTS = 25  # up to this many finite points a run is drawn with a marker on every point
 SQUASH_DECADES = 3.0  # the broken run may stretch the axis this many decades beyond the other runs before clipping
 OUTLIER_SHARE = 0.02  # this share of an axis's lowest points may sit on its bottom edge instead of stretching it
-TICK_MANTISSAS = ((1, 2, 5), (1, 2, 3, 5))  # log ticks within a decade, sparsest first
+TICK_MANTISSAS = ((1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8))  # log ticks within a decade, sparsest first
+DECADE_TICKS = 2.5  # a log axis spanning this many decades or more is labelled at whole decades
 NOISY_DECADES = 2.0  # a long run is noisy when a quarter of its steps change its value by this many decades
 NOISY_MIN_POINTS = 50
 SCORE_FLOOR = -1.0  # score bars stop here (an R^2 can be -400); the label still shows the true score
@@ -248,8 +249,10 @@ def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, 
         edges.append((marks, f"{_name(lead.run)} below scale, down to {lowest:.2g}"))
     points = len(lead.steps)
     spacing = 1 if points <= FEW_POINTS else max(1, points // 10)
+    # A fix's markers are hollow, so that fixes drawn on the same points (curves that nearly agree) all show.
     line, = ax.plot(lead.steps, values, color=style["color"], linestyle=style["linestyle"],
-                    marker=style["marker"], markersize=7 if points == 1 else 4,
+                    marker=style["marker"], markersize=7 if points == 1 else 4.5,
+                    markerfacecolor="none" if lead.run.fix is not None else style["color"],
                     markevery=(index * spacing // max(count, 1) if spacing > 1 else 0, spacing),
                     linewidth=1.6 if lead.run.fix is None else 1.3, label=label)
     state.artists.append(line)
@@ -274,26 +277,31 @@ def _mark_nonfinite(ax: Axes, state: _AxisState, groups: list[list[_Series]], st
                                  transform=ax.get_xaxis_transform(), clip_on=False, linestyle="none")
 
 
-def _log_ticks(low: float, high: float) -> list[float]:
-    """Ticks spread over the whole of a log axis spanning less than two decade ticks: the sparsest of 1-2-5 or
-    1-2-3-5 per decade that puts three ticks in range; none when neither does (a range narrower than ~3x)."""
-    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-    for mantissas in TICK_MANTISSAS:
-        ticks = [float(f"{mantissa}e{decade}") for decade in decades for mantissa in mantissas]
-        ticks = [tick for tick in ticks if low <= tick <= high]
-        if len(ticks) >= 3:
-            return ticks
-    return []
+def _candidate_ticks(low: float, high: float, mantissas: Sequence[float]) -> list[float]:
+    """Every ``mantissa x 10^k`` from the decade below ``low`` to the decade above ``high``, ascending."""
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    return [float(f"{mantissa}e{decade}") for decade in decades for mantissa in mantissas]
 
 
-def _readable_ticks(ax: Axes, low: float, high: float) -> None:
-    """A log axis over less than two decades gets plain-number ticks spread over its whole range (at least two:
-    1-2-5 ticks, or evenly spaced ones on a range narrower than ~3x); a wide one keeps decade ticks."""
-    if math.floor(math.log10(high)) - math.ceil(math.log10(low)) >= 1:
+def _readable_ticks(ax: Axes, low: float, high: float, keep_low: bool = False) -> None:
+    """A log axis spanning ``DECADE_TICKS`` decades or more keeps decade ticks. A narrower one gets plain-number
+    ticks over its whole range: the sparsest of the ``TICK_MANTISSAS`` sets that puts three ticks in range; when
+    none does (a range narrower than ~1.7x), the axis widens to the finest set's neighbouring ticks, so that both
+    ends are labelled (with ``keep_low``, a bottom edge holding below-scale points stays where it is)."""
+    if math.log10(high / low) >= DECADE_TICKS:
         ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
         return
-    ticks = _log_ticks(low, high)
-    ax.yaxis.set_major_locator(FixedLocator(ticks) if ticks else MaxNLocator(nbins=4))
+    for mantissas in TICK_MANTISSAS:
+        ticks = [tick for tick in _candidate_ticks(low, high, mantissas) if low <= tick <= high]
+        if len(ticks) >= 3:
+            break
+    else:
+        finest = _candidate_ticks(low, high, TICK_MANTISSAS[-1])
+        low = low if keep_low else max(tick for tick in finest if tick <= low)
+        high = min(tick for tick in finest if tick >= high)
+        ax.set_ylim(low, high)
+        ticks = [tick for tick in finest if low <= tick <= high]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -333,7 +341,7 @@ def _scale(ax: Axes, values: list[float], focus: tuple[float, float] | None, flo
         ax.autoscale_view(scaley=False)
         low, high = _y_limits([value for value in values if value > 0], focus, floor)
         ax.set_ylim(low, high)
-        _readable_ticks(ax, low, high)
+        _readable_ticks(ax, low, high, keep_low=floor is not None)
     elif noisy or not _spans_decades(values):
         ax.set_yscale("linear")
         ax.autoscale_view()

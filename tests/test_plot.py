@@ -2,6 +2,7 @@
 its own, identical runs merged with a note, a held-out score panel where the loss hides the lesson, y-ranges that
 do not squash the fixes, readable ticks."""
 import io
+import math
 import warnings
 
 import matplotlib
@@ -301,3 +302,16 @@ def test_the_pass_mark_is_named_in_the_title_and_a_score_just_below_it_is_labell
     assert "pass mark 0.8" in ax.get_title() and ax.get_legend() is None, "no legend box over the bars"
     label_x = {text.get_text().strip(): text.get_position()[0] for text in ax.texts}
     assert label_x == {"1.00": 1.0, "0.73": 0.8}, "0.73 starts right of the dotted line at 0.8, not across it"
+
+
+def test_a_log_axis_under_two_and_a_half_decades_is_labelled_at_both_ends():
+    for losses in ([1.5 * 0.95 ** step for step in range(80)],  # 1.5 to 0.03: 1.7 decades, once decade ticks only
+                   [0.9 - 0.004 * step for step in range(100)],  # 0.9 to 0.5: narrower than 2x
+                   [2.393] * 30):  # a flat run: its padded range, 1.51 to 3.79, holds only the ticks 2 and 3
+        ax = plot_loss(run("fix", losses=losses))
+        ax.figure.canvas.draw()
+        low, high = ax.get_ylim()
+        ticks = [label.get_position()[1] for label in ax.yaxis.get_majorticklabels()
+                 if label.get_text() and low <= label.get_position()[1] <= high]
+        assert len(ticks) >= 3 and math.log10(min(ticks) / low) < 0.3 and math.log10(high / max(ticks)) < 0.3, ticks
+        assert not _overlaps(ax.yaxis.get_majorticklabels())
