@@ -32,7 +32,7 @@ def diagnose(report) -> Verdict | None:
         return Verdict(CAUSE.id, LOCATED,
                        f"the loss was already {first_loss:.3g} at step 0, before any update, {inputs}: the weights "
                        "as initialised multiply the signal layer after layer (N(0, 1) weights in a deep net); "
-                       "use He/Glorot initialisation or normalisation layers",
+                       "use He initialisation for ReLU layers (Glorot for tanh) or normalisation layers",
                        ("losses", "step", "input_max_abs", "huge_targets", "label_problem", "dtype_max"))
     largest = _largest_op_input(report)
     if report.step == 0 and largest is not None and largest >= HUGE_SCALE:
@@ -40,7 +40,7 @@ def diagnose(report) -> Verdict | None:
         return Verdict(CAUSE.id, LOCATED,
                        f"at step 0, before any update, {where} was fed values up to {largest:.3g} {inputs}: the "
                        "weights as initialised multiply the signal layer after layer (N(0, 1) weights in a deep "
-                       "net); use He/Glorot initialisation or normalisation layers",
+                       "net); use He initialisation for ReLU layers (Glorot for tanh) or normalisation layers",
                        ("step", "op_inputs", "input_max_abs", "huge_targets", "label_problem", "dtype_max"))
     return None
 
