@@ -27,19 +27,20 @@ Initializer = Callable[[], keras.initializers.Initializer]
 def make_model(initializer: Initializer, batch_norm: bool = False, depth: int = DEPTH,
                width: int = WIDTH) -> keras.Model:
     """``depth`` x (Dense -> [BatchNormalization] -> ReLU), then a linear head; ``initializer()`` makes each
-    kernel's initializer.
+    kernel's initializer. Layers are named ``hidden_1`` .. ``hidden_{depth}``, ``logits``, so that reports and
+    errors say which layer (not ``dense_24``, a counter over every Dense built in the process).
 
     A new initializer per layer: Keras 3 draws the same values from one unseeded initializer instance every time
-    it is called (measured: twenty identical 64x64 kernels), and a product of identical matrices grows along
-    their top eigenvector even with He's scale (logits ~20 instead of ~1 at initialisation).
+    it is called (measured: the nineteen 64x64 hidden kernels identical), so the layers are copies of one matrix,
+    not independent draws, and the variance argument behind He's scale no longer applies.
     """
     layers = [keras.Input((NUM_FEATURES,))]
-    for _ in range(depth):
-        layers.append(keras.layers.Dense(width, kernel_initializer=initializer()))
-        if batch_norm:
-            layers.append(keras.layers.BatchNormalization(momentum=0.9))  # = PyTorch's momentum 0.1
-        layers.append(keras.layers.ReLU())
-    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=initializer()))
+    for index in range(1, depth + 1):
+        layers.append(keras.layers.Dense(width, kernel_initializer=initializer(), name=f"hidden_{index}"))
+        if batch_norm:  # momentum 0.9 = PyTorch's momentum 0.1
+            layers.append(keras.layers.BatchNormalization(momentum=0.9, name=f"batch_norm_{index}"))
+        layers.append(keras.layers.ReLU(name=f"relu_{index}"))
+    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=initializer(), name="logits"))
     return keras.Sequential(layers, name="deep_mlp")
 
 
