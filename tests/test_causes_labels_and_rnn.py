@@ -321,3 +321,15 @@ def test_keras_recipe_models_name_their_layers():
             model = recipe.SETTINGS[name](0, "cpu").model
             paths = [variable.path for variable in model.trainable_variables]
             assert not [p for p in paths if re.search(r"(^|/)(dense|sequential|simple_rnn|gru)_\d+/", p)], paths
+
+
+def test_tensorflow_gradient_norms_at_init_compiled_once_match_the_eager_ones():
+    """The notebook's compiled sweep over sequence lengths gives the eager per-length norms, past overflow too."""
+    pytest.importorskip("tensorflow")
+    recipe = nanlab.get_cause("exploding-rnn-gradients").recipe("tensorflow")
+    lengths = [10, 60, 400]
+    compiled = recipe.gradient_norms_at_init(lengths, seed=0)
+    eager = [recipe.gradient_norm_at_init(length, seed=0) for length in lengths]
+    for fast, slow in zip(compiled, eager):
+        assert (math.isnan(fast) and math.isnan(slow)) or fast == pytest.approx(slow, rel=1e-5), (compiled, eager)
+    assert math.isfinite(compiled[0]) and compiled[1] > 10 * compiled[0]
