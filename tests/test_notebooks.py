@@ -35,6 +35,7 @@ def test_notebook_conventions(path):
     assert counts == list(range(1, len(counts) + 1)), "executed top to bottom, once"
     text = json.dumps(outputs)
     assert "/work/" not in text and "/home/" not in text and "<Figure size" not in text
+    assert not [cell for cell in notebook.cells if "execution" in cell.metadata], "no execution timestamps"
 
 
 def _first_nonfinite_step_printed(notebook) -> int:

@@ -5,7 +5,7 @@ Usage: python tools/execute_notebooks.py notebooks/pytorch/01-high-learning-rate
 Each notebook runs with its own folder as the working directory and is saved with the ``python3`` kernelspec, so
 that JupyterLab opens it without asking for a kernel. Afterwards the ``<Figure size …>`` text that matplotlib's
 inline backend puts beside every image is dropped (the image is the output; the text is noise that names nothing
-a reader needs).
+a reader needs), and so are the cells' execution timestamps.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def execute(path: pathlib.Path, timeout: int = 600) -> float:
     notebook = nbformat.read(path, as_version=4)
     notebook.metadata["kernelspec"] = dict(KERNELSPEC)
     started = time.perf_counter()
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     elapsed = time.perf_counter() - started
     for cell in notebook.cells:
+        cell.metadata.pop("execution", None)  # timestamps of an earlier run: noise in every diff
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if "image/png" in data and data.get("text/plain", "").startswith("<Figure size"):
