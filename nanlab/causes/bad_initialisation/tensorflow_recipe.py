@@ -4,21 +4,7 @@ from typing import Callable
 
 from nanlab.causes.bad_initialisation import (BAD_STD, BATCH_NORM_LR, BATCH_SIZE, DEPTH, LR, MOMENTUM, NUM_CLASSES,
                                               NUM_FEATURES, SMALL_STD, WIDTH, make_data)
-from nanlab.frameworks.tensorflow.loop import Training, accuracy, keras, minibatches, tf
-
-
-class CompiledForward(keras.Model):
-    """Runs the wrapped model's forward pass as one ``tf.function``, as ``model.fit`` would: eagerly, 20 layers
-    cost tens of milliseconds per training step, op by op; the loop's ``GradientTape`` still differentiates
-    through it, and the watch's replay still runs it eagerly, layer by layer."""
-
-    def __init__(self, inner: keras.Model):
-        super().__init__(name=f"compiled_{inner.name}")
-        self.inner = inner
-        self.forward = tf.function(inner, reduce_retracing=True)
-
-    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return self.forward(x, training=training)
+from nanlab.frameworks.tensorflow.loop import CompiledForward, Training, accuracy, keras, minibatches, tf
 
 
 Initializer = Callable[[], keras.initializers.Initializer]

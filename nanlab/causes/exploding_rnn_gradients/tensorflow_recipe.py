@@ -2,23 +2,8 @@
 from nanlab.causes.exploding_rnn_gradients import (BATCH_SIZE, CLIP_VALUE, GRU_LR, HIDDEN_UNITS, LR,
                                                    MAX_GRAD_NORM, SEQ_LEN, SPECTRAL_RADIUS, make_data,
                                                    recurrent_matrix)
-from nanlab.frameworks.tensorflow.loop import Training, accuracy, gradient_norm, keras, minibatches, tf
-
-
-class CompiledForward(keras.Model):
-    """Runs the wrapped model's forward pass as one ``tf.function``, as ``model.fit`` would.
-
-    Eagerly, Keras executes a recurrent layer op by op, one time step after another (about 0.25 s per training
-    step for the GRU here); compiled, about 0.03 s. The loop's ``GradientTape`` still differentiates through it.
-    """
-
-    def __init__(self, inner: keras.Model):
-        super().__init__(name=f"compiled_{inner.name}")
-        self.inner = inner
-        self.forward = tf.function(inner, reduce_retracing=True)
-
-    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return self.forward(x, training=training)
+from nanlab.frameworks.tensorflow.loop import (CompiledForward, Training, accuracy, gradient_norm, keras,
+                                              minibatches, tf)
 
 
 def sequence_classifier(recurrent: keras.layers.Layer, seq_len: int | None = SEQ_LEN) -> keras.Model:

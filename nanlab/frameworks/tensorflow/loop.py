@@ -62,6 +62,24 @@ def accuracy(x: np.ndarray, y: np.ndarray) -> Callable[[keras.Model], float]:
     return evaluate
 
 
+class CompiledForward(keras.Model):
+    """Runs the wrapped model's forward pass as one ``tf.function``, as ``model.fit`` would.
+
+    The loop keeps the forward pass eager (see the module docstring), and eagerly Keras runs a model op by op: a
+    recurrent layer one time step after another (about 0.25 s per training step for exploding-rnn-gradients' GRU,
+    0.03 s compiled), a 20-layer MLP at tens of milliseconds a step. The loop's ``GradientTape`` still
+    differentiates through it, and the watch's replay still runs the inner model eagerly, layer by layer.
+    """
+
+    def __init__(self, inner: keras.Model):
+        super().__init__(name=f"compiled_{inner.name}")
+        self.inner = inner
+        self.forward = tf.function(inner, reduce_retracing=True)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.forward(x, training=training)
+
+
 def gradient_norm(gradients: list[tf.Tensor | None]) -> tf.Tensor:
     """The global L2 norm of the gradients, accumulated in float64; the gradients are not modified."""
     squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in gradients if g is not None]
