@@ -225,28 +225,24 @@ def _focus_range(groups: list[list[_Series]], floor: float | None) -> tuple[floa
 def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, index: int, count: int,
                 focus: tuple[float, float] | None, floor: float | None) -> list[tuple]:
     """Draw one group's curve (clipped into ``focus`` at the top and at ``floor`` at the bottom) and return its
-    legend entries (handle, label): the curve's, then one per edge its points were moved to."""
+    legend entries (handle, label): the curve's, then one per edge its points were moved to. Every artist carries
+    its label, so a notebook that calls ``ax.legend`` again to move the legend keeps them all."""
     lead = group[0]
     label = " = ".join(_name(one.run) for one in group) + (" (same curve)" if len(group) > 1 else "")
     label += _outcome(lead.run)
-    values, edges = lead.values, []
+    values, edges = lead.values, []  # edges: (steps, y, marker, label) of points moved onto the frame
     if focus is not None and lead.run.fix is None:
         off_scale = [(step, value) for step, value in zip(lead.steps, values) if value > focus[1]]
         if off_scale:
             peak = max(value for _, value in off_scale)
             values = [min(value, focus[1]) for value in values]
-            marks, = ax.plot([step for step, _ in off_scale], [focus[1]] * len(off_scale), linestyle="none",
-                             marker="^", markersize=8, color=style["color"], clip_on=False)
-            state.artists.append(marks)
-            edges.append((marks, f"{_name(lead.run)} off scale, up to {peak:.2g}"))
+            edges.append(([step for step, _ in off_scale], focus[1], "^",
+                          f"{_name(lead.run)} off scale, up to {peak:.2g}"))
     below = [(step, value) for step, value in zip(lead.steps, values) if floor is not None and value < floor]
     if below:
         lowest = min(value for _, value in below)
         values = [max(value, floor) for value in values]
-        marks, = ax.plot([step for step, _ in below], [floor] * len(below), linestyle="none", marker="v",
-                         markersize=8, color=style["color"], clip_on=False)
-        state.artists.append(marks)
-        edges.append((marks, f"{_name(lead.run)} below scale, down to {lowest:.2g}"))
+        edges.append(([step for step, _ in below], floor, "v", f"{_name(lead.run)} below scale, down to {lowest:.2g}"))
     points = len(lead.steps)
     spacing = 1 if points <= FEW_POINTS else max(1, points // 10)
     # A fix's markers are hollow, so that fixes drawn on the same points (curves that nearly agree) all show.
@@ -255,8 +251,13 @@ def _draw_group(ax: Axes, state: _AxisState, group: list[_Series], style: dict, 
                     markerfacecolor="none" if lead.run.fix is not None else style["color"],
                     markevery=(index * spacing // max(count, 1) if spacing > 1 else 0, spacing),
                     linewidth=1.6 if lead.run.fix is None else 1.3, label=label)
-    state.artists.append(line)
-    return [(line, label), *edges]
+    entries = [(line, label)]
+    for steps, y, marker, edge in edges:
+        marks, = ax.plot(steps, [y] * len(steps), linestyle="none", marker=marker, markersize=8,
+                         color=style["color"], clip_on=False, label=edge)
+        entries.append((marks, edge))
+    state.artists += [handle for handle, _ in entries]
+    return entries
 
 
 def _mark_nonfinite(ax: Axes, state: _AxisState, groups: list[list[_Series]], styles: list[dict]) -> None:
