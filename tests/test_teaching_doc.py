@@ -24,4 +24,4 @@ def test_the_timings_table_times_every_notebook_within_the_20_second_rule():
 
 
 def test_the_symptom_table_is_the_catalogues():
-    assert symptom_table.symptom_table() in TEACHING, "refresh with python tools/symptom_table.py --write docs/teaching.md"
+    assert symptom_table.symptom_table() in TEACHING, "refresh: python tools/symptom_table.py --write docs/teaching.md"
