@@ -4,7 +4,7 @@ from typing import Callable
 
 from nanlab.causes.bad_initialisation import (BAD_STD, BATCH_NORM_LR, BATCH_SIZE, DEPTH, LR, MOMENTUM, NUM_CLASSES,
                                               NUM_FEATURES, SMALL_STD, WIDTH, make_data)
-from nanlab.frameworks.tensorflow.loop import CompiledForward, Training, accuracy, keras, minibatches, tf
+from nanlab.frameworks.tensorflow.loop import CompiledForward, Training, accuracy, keras, minibatches
 
 
 Initializer = Callable[[], keras.initializers.Initializer]
