@@ -192,8 +192,8 @@ def main():
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, CPU, {THREADS} threads (DDP: 2 ranks x 1 thread, gloo); {rounds} interleaved "
-          f"rounds of {steps} steps ({3 * rounds} for DDP); ratio = median of per-round ratios to the plain loop; last column: the quartiles "
-          "of the per-round wall-clock ratios")
+          f"rounds of {steps} steps ({3 * rounds} for DDP); ratio = median of per-round ratios to the plain loop; "
+          "last column: the quartiles of the per-round wall-clock ratios")
     print()
     print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio | wall ratio, middle half of rounds |")
     print("|---|---|---|---|---|---|---|")

@@ -44,9 +44,9 @@ def reproduce(cause: str | Cause, framework: str | Framework = "torch", device: 
         except getattr(recipe, "EXPECTED_ERRORS", ()) as raised:
             run.error = type(raised).__name__
             run.error_message = str(raised).strip().splitlines()[0] if str(raised).strip() else ""
-            run.losses, run.grad_norms = history.losses, history.grad_norms
-            return run
         run.losses, run.grad_norms = history.losses, history.grad_norms
+        if run.error:
+            return run
         run.first_nonfinite_step = history.first_nonfinite_step
         if history.first_nonfinite_step is None:
             run.score = training.evaluate(training.model)

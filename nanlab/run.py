@@ -30,8 +30,9 @@ class Run:
     Steps count from 0: ``losses[k]`` is the loss of the k-th batch. ``first_nonfinite_step`` is the first step
     whose loss or gradient held NaN/Inf (training stops there); ``error`` is the exception class name when the
     device raised instead of producing NaN (e.g. out-of-range labels on CPU), with its first line in
-    ``error_message``; the step that raised is then ``len(losses)``, after the steps that ran. ``score`` is the held-out score (``score_name``) after training, None when the run did not
-    finish finite. ``learned`` follows the cause's rule (``Cause.judge_learning``).
+    ``error_message``; the step that raised is then ``len(losses)``, after the steps that ran. ``score`` is the
+    held-out score (``score_name``) after training, None when the run did not finish finite. ``learned`` follows
+    the cause's rule (``Cause.judge_learning``).
     """
 
     cause: str
