@@ -13,17 +13,23 @@ __all__ = ["Cause", "ContractRow", "Fix", "NanlabError", "NonFiniteError", "Run"
            "list_causes", "reproduce", "scan", "verify", "watch", "__version__"]
 
 
-def watch(model, optimizer=None, loss_fn=None, **options):
+def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skips=5, overflow_patience=10,
+          min_loss_scale=1.0, **options):
     """Watch training for the first non-finite loss, gradient or weight; raise ``NonFiniteError`` with a report.
 
     PyTorch: ``with nanlab.watch(model, optimizer, loss_fn) as w:`` around your loop, computing the loss with
     ``w.loss_fn``. Keras: ``model.fit(..., callbacks=[nanlab.watch(model)])``, or ``with nanlab.watch(model,
     optimizer, loss_fn) as w:`` around a GradientTape loop. Either framework: ``with nanlab.watch(training):``
-    around a nanlab ``Training`` and its loop's ``train``. ``options`` are the framework watch's own keywords.
+    around a nanlab ``Training`` and its loop's ``train``. The keywords are the ``nanlab.watching.WatchPolicy``
+    (what to do at a non-finite step, how much loss-scaler skipping is tolerated), the same in every framework;
+    ``options`` are a framework watch's own (PyTorch: ``scaler``).
     """
     from nanlab.frameworks import framework_of, list_frameworks
     from nanlab.training import Training
+    from nanlab.watching import WatchPolicy
 
+    policy = WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips, overflow_patience=overflow_patience,
+                         min_loss_scale=min_loss_scale)
     training = None
     if isinstance(model, Training):
         training, model, optimizer, loss_fn = model, model.model, model.optimizer, model.loss_fn
@@ -32,7 +38,12 @@ def watch(model, optimizer=None, loss_fn=None, **options):
     if framework is None:
         accepted = ", ".join(framework.watchable for framework in list_frameworks())
         raise NanlabError(f"nanlab.watch needs {accepted} or a nanlab Training, got {type(model).__name__}")
-    return framework.module("watch").watch(model, optimizer, loss_fn, training=training, **options)
+    module = framework.module("watch")
+    unknown = sorted(set(options) - set(module.OPTIONS))
+    if unknown:
+        valid = ", ".join(("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale") + module.OPTIONS)
+        raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for {framework.title}; valid: {valid}")
+    return module.watch(model, optimizer, loss_fn, training=training, policy=policy, **options)
 
 
 def scan(x, y=None, num_classes=None, progress=True, ignore_index=-100):

@@ -52,6 +52,30 @@ def as_array(value, name: str) -> np.ndarray:
     return array
 
 
+def class_id_targets(target_kind: str, target_shape: tuple, output_shape: tuple, class_axis: int,
+                     sparse_loss: bool = False) -> bool:
+    """Whether targets are class ids for these outputs: decided by the targets' dtype and by the loss in use, never
+    by shape alone. The one decision of nanlab: the scanner, every watch and every replay ask it.
+
+    ``target_kind`` is the NumPy dtype kind of the targets (``"i"``, ``"u"``, ``"f"``, ``"b"``, ``"c"``);
+    ``class_axis`` is where the outputs hold their classes (1 for torch's ``cross_entropy``, -1 for Keras).
+    Integer targets are class ids when their shape is the outputs' without the class axis (or, with the class axis
+    last, with a trailing 1: Keras' ``(n, 1)`` labels). Floating targets are class ids only under a sparse
+    categorical loss (``sparse_loss``, e.g. Keras' ``SparseCategoricalCrossentropy`` fed float labels): otherwise
+    they are regression targets, one-hot rows or soft targets. Booleans and complex numbers never are.
+    """
+    if target_kind not in "iuf" or (target_kind == "f" and not sparse_loss) or len(output_shape) < 2:
+        return False
+    axis = class_axis % len(output_shape)
+    if output_shape[axis] is not None and output_shape[axis] < 2 and not sparse_loss:
+        return False
+    without_classes = tuple(output_shape[:axis]) + tuple(output_shape[axis + 1:])
+    target_shape = tuple(target_shape)
+    if target_shape == without_classes:
+        return True
+    return axis == len(output_shape) - 1 and target_shape == without_classes + (1,)
+
+
 @dataclass(frozen=True)
 class LabelFindings:
     """What is wrong with class labels, per sample (indices count samples from 0; a sample with per-position labels,

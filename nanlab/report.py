@@ -1,8 +1,10 @@
 """What a watch found at the first non-finite step, and which catalogue cause the evidence points to.
 
-Framework-neutral: the PyTorch and Keras watches fill a ``NonFiniteReport`` with the evidence from their replay of
-the failing step; ``conclude`` asks every cause's rule (``nanlab.diagnosis``) which cause that evidence points to.
-Each verdict names the evidence it used, so that a student can check it; when no rule fits, it says "unclear".
+Framework-neutral: every framework's watch fills a ``NonFiniteReport`` with the evidence from its replay of the
+failing step, in the vocabulary of ``nanlab.watching.vocabulary`` (phase, op family, input statistics, optimizer
+facts, dtype limits); ``nanlab.watching.conclude`` asks every cause's rule (``nanlab.diagnosis``) which cause that
+evidence points to. Each verdict names the evidence it used, so that a student can check it; when no rule fits, it
+says "unclear".
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 from nanlab.evidence import listed
+from nanlab.watching.vocabulary import PHASES, InputStats, OpFamily, OptimizerFacts, Phase
 
-PHASES = ("data", "forward", "loss", "backward", "optimizer update")
+__all__ = ["PHASES", "NonFiniteReport", "gradient_growth", "is_recurrent"]
 RECURRENT_HINTS = ("rnn", "lstm", "gru", "recurrent", "cell")
 GROWTH_FACTOR = 100.0  # gradient norm growth over the recorded steps that counts as "exploding"
 MIN_GROWTH_STEPS = 3
@@ -21,9 +24,11 @@ MIN_GROWTH_STEPS = 3
 class NonFiniteReport:
     """Where and why training first went non-finite.
 
-    ``step`` counts optimizer steps from 0, as the nanlab loops do. ``phase`` is one of ``PHASES``. ``module`` is
-    the module/layer path and ``op`` the operation (e.g. ``head`` / ``log``) where a finite input first gave a
-    non-finite output; ``parameter`` is the first parameter whose gradient went non-finite (or whose update did);
+    ``step`` counts optimizer steps from 0, as the nanlab loops do. ``phase`` is a ``Phase`` (a string, one of
+    ``PHASES``). ``module`` is the module/layer path and ``op`` the operation as the framework names it (e.g.
+    ``head`` / ``log``) where a finite input first gave a non-finite output; ``op_family`` is that op in the shared
+    vocabulary (``OpFamily``: what rules read), ``op_inputs`` an ``InputStats`` per input (for a backward culprit,
+    the inputs of the forward op whose gradient went bad); ``parameter`` is the first parameter whose gradient went non-finite (or whose update did);
     ``samples`` are the batch indices that carry the problem. ``cause`` is a catalogue id or None, with
     ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak). Under torch.distributed,
     ``rank`` is the rank whose evidence the report gives and ``ranks`` every rank where the first non-finite value
@@ -34,13 +39,14 @@ class NonFiniteReport:
 
     framework: str
     step: int
-    phase: str
+    phase: Phase
     module: str | None = None
     op: str | None = None
+    op_family: OpFamily | None = None
     parameter: str | None = None
     samples: list[int] = field(default_factory=list)
     value: str | None = None
-    op_inputs: list[dict] = field(default_factory=list)
+    op_inputs: list[InputStats] = field(default_factory=list)
     data_findings: list[str] = field(default_factory=list)
     label_problem: str | None = None
     huge_targets: bool = False
@@ -55,7 +61,7 @@ class NonFiniteReport:
     dtype_max: float | None = None
     max_abs: float | None = None
     input_max_abs: float | None = None  # largest finite |x| in the failing batch's model inputs (input scale)
-    optimizer: dict = field(default_factory=dict)
+    optimizer: OptimizerFacts | None = None
     loss_scale: float | None = None
     skipped_in_a_row: int = 0
     rank: int | None = None
@@ -78,11 +84,11 @@ class NonFiniteReport:
     @property
     def zero_input(self) -> bool:
         """Some input of the failing op held an exact 0."""
-        return any(entry.get("zeros") for entry in self.op_inputs)
+        return any(entry.zeros for entry in self.op_inputs)
 
     @property
     def negative_input(self) -> bool:
-        return any(entry.get("negatives") for entry in self.op_inputs)
+        return any(entry.negatives for entry in self.op_inputs)
 
     @property
     def growth(self) -> float | None:
@@ -136,8 +142,28 @@ class NonFiniteReport:
         note = f" {self.note}" if self.note else ""
         return f"{first}. {second}{note}"
 
+    def __post_init__(self):
+        self.phase = Phase(self.phase)
+        if self.op_family is not None:
+            self.op_family = OpFamily(self.op_family)
+
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """Plain, JSON-ready values (the vocabulary's records as dicts, enums as their strings)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["phase"] = str(self.phase)
+        values["op_family"] = str(self.op_family) if self.op_family is not None else None
+        values["op_inputs"] = [vars(entry).copy() for entry in self.op_inputs]
+        values["optimizer"] = self.optimizer.to_dict() if self.optimizer is not None else None
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NonFiniteReport":
+        """The report ``to_dict`` gave (e.g. gathered from another rank)."""
+        values = dict(values)
+        values["op_inputs"] = [InputStats.from_dict(entry) for entry in values.get("op_inputs") or []]
+        if values.get("optimizer") is not None:
+            values["optimizer"] = OptimizerFacts.from_dict(values["optimizer"])
+        return cls(**values)
 
 
 def gradient_growth(grad_norms: list[float]) -> float | None:
@@ -150,12 +176,6 @@ def gradient_growth(grad_norms: list[float]) -> float | None:
         return None
     return max(finite) / finite[0]
 
-
-def conclude(report: NonFiniteReport) -> NonFiniteReport:
-    """Fill the verdict (``cause``, ``cause_reason``, ``cause_notebook``, ``runner_up``) from the evidence."""
-    from nanlab.diagnosis import diagnose
-
-    return diagnose(report)
 
 
 def is_recurrent(name: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""What every framework's watch shares: its history, what to do on a NaN, and when loss-scaler skips turn into a fault.
+"""What every watch shares: its history, what to do on a NaN, and when loss-scaler skips turn into a fault.
 
 Framework-neutral: the PyTorch and Keras watches (``nanlab/frameworks/*/watch.py``) keep one ``WatchHistory`` and
 follow one ``WatchPolicy``, so their attributes and meanings are the same (``watch.step``, ``watch.history``,
