@@ -43,3 +43,9 @@ def build_info() -> dict[str, str | None]:
     info = tf.sysconfig.get_build_info()
     cuda = info.get("cuda_version") if info.get("is_cuda_build") else None
     return {"cuda": cuda, "cudnn": info.get("cudnn_version") if cuda else None}
+
+
+def weights(model) -> list:
+    """The model's weights as NumPy arrays (copies): a ``keras.Model``'s, a ``tf.Module``'s or a variable list's."""
+    variables = model if isinstance(model, (list, tuple)) else getattr(model, "weights", None) or model.variables
+    return [variable.numpy().copy() for variable in variables]

@@ -34,3 +34,8 @@ def build_info() -> dict[str, str | None]:
     """The CUDA and cuDNN versions this torch was built with (None in a CPU-only build)."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {"cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None}
+
+
+def weights(model) -> list:
+    """The model's parameters as NumPy arrays (copies): what a test or a notebook compares before and after."""
+    return [p.detach().cpu().numpy().copy() for p in model.parameters()]
