@@ -49,3 +49,14 @@ def weights(model) -> list:
     """The model's weights as NumPy arrays (copies): a ``keras.Model``'s, a ``tf.Module``'s or a variable list's."""
     variables = model if isinstance(model, (list, tuple)) else getattr(model, "weights", None) or model.variables
     return [variable.numpy().copy() for variable in variables]
+
+
+def is_batch_stream(value) -> bool:
+    """A ``tf.data.Dataset``, which ``nanlab.scan`` reads batch by batch."""
+    return isinstance(value, tf.data.Dataset)
+
+
+def stream_length(stream) -> int | None:
+    """How many batches ``stream`` yields, when its cardinality is known."""
+    cardinality = int(stream.cardinality())
+    return cardinality if cardinality >= 0 else None

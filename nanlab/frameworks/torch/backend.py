@@ -39,3 +39,16 @@ def build_info() -> dict[str, str | None]:
 def weights(model) -> list:
     """The model's parameters as NumPy arrays (copies): what a test or a notebook compares before and after."""
     return [p.detach().cpu().numpy().copy() for p in model.parameters()]
+
+
+def is_batch_stream(value) -> bool:
+    """A ``DataLoader`` (or any ``torch.utils.data`` iterable of batches), which ``nanlab.scan`` reads batch by batch."""
+    return isinstance(value, (torch.utils.data.DataLoader, torch.utils.data.IterableDataset))
+
+
+def stream_length(stream) -> int | None:
+    """How many batches ``stream`` yields, when it knows (an iterable dataset may not)."""
+    try:
+        return len(stream)
+    except TypeError:
+        return None
