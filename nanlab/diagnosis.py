@@ -1,14 +1,20 @@
 """Which catalogue cause the evidence points to: every cause's rule is asked, the most specific verdict wins.
 
 A cause package may hold ``rule.py`` with ``diagnose(report) -> Verdict | None``: it reads the framework-neutral
-evidence a watch gathered in a ``NonFiniteReport`` (phase, op, module kind, dtype, history, data findings, optimizer
-and loss-scaler facts) and, when the evidence fits its cause, returns a ``Verdict`` saying how specific that
-evidence is and which fields it used. Verdicts are ranked by specificity, never by file order; when the runner-up
-is within ``CLOSE`` of the best, the report says the evidence is consistent with both.
+evidence a watch gathered in a ``NonFiniteReport`` and, when the evidence fits its cause, returns a ``Verdict``
+saying how specific that evidence is and which fields it used. Rules read only the shared vocabulary
+(``nanlab.watching.vocabulary``): the phase (``Phase``), the failing op's family (``report.op_family``, an
+``OpFamily``; ``report.op`` is the framework's own name, for the reason's text only), its inputs (``InputStats``),
+the optimizer (``OptimizerFacts``), the dtype and its limit (``dtype_max``), the history and the data findings; no
+rule names a framework's spelling (``tests/test_rules_vocabulary.py`` keeps it so). Verdicts are ranked by
+specificity, never by file order; when the runner-up is within ``CLOSE`` of the best, the report says the evidence
+is consistent with both. ``nanlab.watching.conclude`` is the only caller.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from nanlab.watching.vocabulary import DTYPE_MAX, dtype_max
 
 # How specific the evidence behind a verdict is. A rule picks the level that matches what it read; ties are rare
 # and honest (the report then names both causes).
@@ -16,6 +22,10 @@ DIRECT = 0.9    # the data or the failing op itself shows the cause: a label out
 LOCATED = 0.7   # where it failed fits the cause: inside a recurrent layer, an fp16 op past the dtype's range
 TREND = 0.4     # only the history fits: the gradient norm grew by orders of magnitude before the NaN
 CLOSE = 0.15    # a runner-up within this of the best verdict is reported alongside it
+
+# float16's largest finite value: a dtype whose range ends there or sooner (float16, the float8 formats) overflows
+# on values a float32 or bfloat16 run holds, so its overflow is the fp16-overflow rule's evidence, not a trend's.
+NARROW_RANGE_MAX = DTYPE_MAX["float16"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,19 @@ class Verdict:
     specificity: float
     reason: str
     evidence: tuple[str, ...] = ()
+
+
+def range_limit(report) -> float | None:
+    """The largest finite value of the dtype the failing op computed in (``report.dtype_max``, else the dtype's
+    limit from the vocabulary), or None where no dtype was recorded."""
+    return report.dtype_max if report.dtype_max is not None else dtype_max(report.dtype)
+
+
+def narrow_range(report) -> bool:
+    """The failing op computed in a dtype whose range is float16's or narrower (float16, float8): what overflows
+    there is left to the rules that read the dtype's limit. bfloat16 keeps float32's range, so it is not narrow."""
+    limit = range_limit(report)
+    return limit is not None and limit <= NARROW_RANGE_MAX
 
 
 def rank(report) -> list[Verdict]:

@@ -8,7 +8,9 @@ import pytest
 
 import nanlab
 from nanlab.causes import bad_initialisation
-from nanlab.report import NonFiniteReport, conclude
+from nanlab.report import NonFiniteReport
+from nanlab.watching.conclude import conclude
+from nanlab.watching.vocabulary import InputStats, OpFamily
 from nanlab.seeding import seed_everything
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -79,34 +81,44 @@ def test_small_weights_stay_finite_and_flat_at_chance(framework):
 
 # --- the rule --------------------------------------------------------------------------------------------------------
 
+def largest(max_abs: float, dtype: str = "float32") -> InputStats:
+    """One finite input of the failing op whose largest magnitude is ``max_abs``."""
+    return InputStats(dtype, size=16, min=-max_abs, max=max_abs, min_abs=0.01, max_abs=max_abs)
+
+
 def test_the_rule_reads_a_huge_first_loss_or_huge_values_at_step_0():
-    after_one_step = conclude(NonFiniteReport("torch", 1, "forward", module="38", op="linear", losses=[9e15],
-                                              grad_norms=[4e16], input_max_abs=3.9))
+    after_one_step = conclude(NonFiniteReport("torch", 1, "forward", module="38", op="linear",
+                                              op_family=OpFamily.MATMUL, losses=[9e15], grad_norms=[4e16],
+                                              input_max_abs=3.9))
     assert after_one_step.cause == "bad-initialisation" and after_one_step.runner_up is None, str(after_one_step)
     assert "9e+15 at step 0" in after_one_step.cause_reason
     at_step_0 = conclude(NonFiniteReport("tensorflow", 0, "forward", module="dense_40", op="matmul",
-                                         op_inputs=[{"max_abs": 2e36}, {"max_abs": 4.1}], input_max_abs=4.0))
+                                         op_family=OpFamily.MATMUL, op_inputs=[largest(2e36), largest(4.1)],
+                                         input_max_abs=4.0))
     assert at_step_0.cause == "bad-initialisation", str(at_step_0)
     assert "2e+36" in at_step_0.cause_reason
 
 
 @pytest.mark.parametrize("fields, cause", [
     # unnormalised inputs: a first loss in the thousands, the inputs at 255, NaN at step 4
-    (dict(step=4, phase="loss", op="mse_loss", losses=[6.8e3, 3e6, 2e12, 5e25], grad_norms=[1e4, 1e7, 1e13, 1e26],
-          input_max_abs=255.0), "unnormalised-inputs"),
+    (dict(step=4, phase="loss", op="mse_loss", op_family=OpFamily.REDUCE, losses=[6.8e3, 3e6, 2e12, 5e25],
+          grad_norms=[1e4, 1e7, 1e13, 1e26], input_max_abs=255.0), "unnormalised-inputs"),
     # huge regression targets: the first loss is huge because the targets are
-    (dict(step=1, phase="loss", op="mse_loss", losses=[1e20], grad_norms=[1e10], huge_targets=True), "huge-labels"),
+    (dict(step=1, phase="loss", op="mse_loss", op_family=OpFamily.REDUCE, losses=[1e20], grad_norms=[1e10],
+          huge_targets=True), "huge-labels"),
     # a recurrent layer that overflowed at step 1
-    (dict(step=1, phase="forward", module="rnn", op="rnn_relu", losses=[1e7], recurrent=True),
-     "exploding-rnn-gradients"),
+    (dict(step=1, phase="forward", module="rnn", op="rnn_relu", op_family=OpFamily.OTHER, losses=[1e7],
+          recurrent=True), "exploding-rnn-gradients"),
     # float16 overflow at step 0
-    (dict(step=0, phase="forward", op="linear", dtype="float16", dtype_max=65504.0, max_abs=2e5,
-          op_inputs=[{"max_abs": 6e4}]), "fp16-overflow"),
+    (dict(step=0, phase="forward", op="linear", op_family=OpFamily.MATMUL, dtype="float16", dtype_max=65504.0,
+          max_abs=2e5, op_inputs=[largest(6e4, dtype="float16")]), "fp16-overflow"),
     # a learning rate too high: a healthy first loss, growth over several steps
-    (dict(step=7, phase="forward", op="linear", losses=[1.4, 2.0, 30.0, 900.0, 3e4, 1e7, 1e12],
-          grad_norms=[1.0, 30.0, 900.0, 3e4, 1e7, 1e12, 1e20]), "high-learning-rate"),
+    (dict(step=7, phase="forward", op="linear", op_family=OpFamily.MATMUL,
+          losses=[1.4, 2.0, 30.0, 900.0, 3e4, 1e7, 1e12], grad_norms=[1.0, 30.0, 900.0, 3e4, 1e7, 1e12, 1e20]),
+     "high-learning-rate"),
     # a softmax overflow at step 0: the exp's inputs are ~100, not a million
-    (dict(step=0, phase="forward", op="exp", value="inf", op_inputs=[{"max_abs": 120.0}]), "softmax-overflow"),
+    (dict(step=0, phase="forward", op="exp", op_family=OpFamily.EXP, value="inf", op_inputs=[largest(120.0)]),
+     "softmax-overflow"),
     # a dirty batch at step 0
     (dict(step=0, phase="data", samples=[3], data_findings=["non-finite values in samples 3"], losses=[]),
      "dirty-data"),
@@ -119,7 +131,8 @@ def test_the_rule_leaves_its_neighbours_runs_to_their_own_rules(fields, cause):
 
 def test_a_huge_first_loss_long_before_the_nan_is_not_blamed_on_the_initialisation():
     """The huge values must be there from the very first steps: a NaN at step 40 has had 40 updates to happen."""
-    report = conclude(NonFiniteReport("torch", 40, "forward", op="linear", losses=[2e7] + [1.0] * 39,
+    report = conclude(NonFiniteReport("torch", 40, "forward", op="linear", op_family=OpFamily.MATMUL,
+                                      losses=[2e7] + [1.0] * 39,
                                       grad_norms=[1.0] * 40, input_max_abs=3.0))
     assert "bad-initialisation" not in report.verdicts
 

@@ -7,7 +7,9 @@ import pytest
 
 import nanlab
 from nanlab.causes import dirty_data, unnormalised_inputs
-from nanlab.report import NonFiniteReport, conclude
+from nanlab.report import NonFiniteReport
+from nanlab.watching.conclude import conclude
+from nanlab.watching.vocabulary import OpFamily
 from nanlab.seeding import seed_everything
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -81,7 +83,8 @@ def test_the_dirty_data_rule_needs_a_data_phase_without_a_label_problem():
     labels = conclude(NonFiniteReport("torch", 0, "data", samples=[2], label_problem="labels outside 0..4 (label 8000 "
                                       "at sample 2)", data_findings=["labels outside 0..4"]))
     assert labels.cause != "dirty-data"
-    forward = conclude(NonFiniteReport("torch", 3, "forward", module="0", op="linear", samples=[5]))
+    forward = conclude(NonFiniteReport("torch", 3, "forward", module="0", op="linear", op_family=OpFamily.MATMUL,
+                                       samples=[5]))
     assert forward.cause != "dirty-data"
 
 
@@ -189,15 +192,15 @@ def test_the_lowered_rate_stays_finite_but_predicts_worse_than_the_mean(framewor
 
 def test_the_unnormalised_rule_reads_the_input_scale():
     growing = [1.0, 30.0, 900.0, 3e4]
-    raw = conclude(NonFiniteReport("torch", 4, "loss", module="loss", op="mse_loss", grad_norms=growing,
-                                   input_max_abs=255.0))
+    raw = conclude(NonFiniteReport("torch", 4, "loss", module="loss", op="mse_loss", op_family=OpFamily.REDUCE,
+                                   grad_norms=growing, input_max_abs=255.0))
     assert raw.cause == "unnormalised-inputs", str(raw)
     assert raw.runner_up is None, "a located cause outranks the bare trend"
-    scaled = conclude(NonFiniteReport("torch", 4, "loss", module="loss", op="mse_loss", grad_norms=growing,
-                                      input_max_abs=1.0))
+    scaled = conclude(NonFiniteReport("torch", 4, "loss", module="loss", op="mse_loss", op_family=OpFamily.REDUCE,
+                                      grad_norms=growing, input_max_abs=1.0))
     assert scaled.cause == "high-learning-rate"
-    half = conclude(NonFiniteReport("torch", 4, "forward", op="linear", grad_norms=growing, input_max_abs=255.0,
-                                    dtype="float16", dtype_max=65504.0))
+    half = conclude(NonFiniteReport("torch", 4, "forward", op="linear", op_family=OpFamily.MATMUL,
+                                    grad_norms=growing, input_max_abs=255.0, dtype="float16", dtype_max=65504.0))
     assert half.cause != "unnormalised-inputs"
     data = conclude(NonFiniteReport("torch", 4, "data", samples=[1], input_max_abs=255.0))
     assert data.cause == "dirty-data"

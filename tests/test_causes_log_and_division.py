@@ -262,8 +262,11 @@ def test_the_watch_names_log_of_zero_for_the_log_of_a_negative_rate(framework):
 def test_the_log_rule_reads_a_nan_from_log_as_a_negative_input():
     from nanlab.causes.log_of_zero.rule import diagnose
     from nanlab.report import NonFiniteReport
+    from nanlab.watching.vocabulary import InputStats, OpFamily
 
-    verdict = diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="log", value="nan",
-                                       op_inputs=[{"negatives": True}]))
+    verdict = diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="log", op_family=OpFamily.LOG,
+                                       value="nan", op_inputs=[InputStats("float32", size=4, negatives=1)]))
     assert verdict is not None and verdict.cause == "log-of-zero" and "negative" in verdict.reason
-    assert diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="exp", value="inf")) is None
+    assert verdict.reason == "`log` got an input below its domain (the log of a negative number is NaN)"
+    assert diagnose(NonFiniteReport("torch", 3, "loss", module="loss", op="exp", op_family=OpFamily.EXP,
+                                    value="inf")) is None

@@ -8,14 +8,16 @@ import pytest
 import nanlab
 from nanlab.diagnosis import DIRECT, LOCATED, rank
 from nanlab.frameworks import get_framework
-from nanlab.report import NonFiniteReport, conclude
+from nanlab.report import NonFiniteReport
+from nanlab.watching.conclude import conclude
+from nanlab.watching.vocabulary import OpFamily, OptimizerFacts
 from nanlab.seeding import seed_everything
 
 OVERFLOW = nanlab.get_cause("fp16-overflow")
 EPSILON = nanlab.get_cause("fp16-adam-epsilon")
 FLAT = [1.0, 0.9, 1.1, 1.0]
 GROWING = [1.0, 30.0, 900.0, 3e4]
-ADAM_FLOAT16 = {"name": "Adam", "eps": 1e-8, "param_dtype": "float16"}
+ADAM_FLOAT16 = OptimizerFacts("Adam", learning_rate=1e-3, eps=1e-8, param_dtype="float16")
 
 
 def training_of(cause, framework, setting="broken", seed=0):
@@ -25,17 +27,19 @@ def training_of(cause, framework, setting="broken", seed=0):
 
 # -- the rules, on the evidence the watches fill ------------------------------------------------------------------
 @pytest.mark.parametrize("fields, cause, specificity", [
-    (dict(phase="forward", module="module.0", op="linear", dtype="float16", dtype_max=65504.0, max_abs=1.1e5,
-          value="inf"), "fp16-overflow", DIRECT),
-    (dict(phase="forward", module="dense", op="cast", dtype="float16", dtype_max=65504.0, max_abs=7.9e4,
-          value="-inf", grad_norms=FLAT), "fp16-overflow", DIRECT),
-    (dict(phase="forward", op="linear", dtype="float16", dtype_max=65504.0, max_abs=5.8e4, value="nan",
-          skipped_in_a_row=10, loss_scale=128.0), "fp16-overflow", LOCATED),
-    (dict(phase="forward", op="matmul", dtype="float16", dtype_max=65504.0, max_abs=3e3, value="nan"),
-     "fp16-overflow", LOCATED),
-    (dict(phase="optimizer update", module="Adam", op="step", optimizer=ADAM_FLOAT16), "fp16-adam-epsilon", DIRECT),
-    (dict(phase="optimizer update", op="step", dtype="float16", optimizer={"name": "Adam", "epsilon": 1e-7}),
-     "fp16-adam-epsilon", LOCATED),
+    (dict(phase="forward", module="module.0", op="linear", op_family=OpFamily.MATMUL, dtype="float16",
+          dtype_max=65504.0, max_abs=1.1e5, value="inf"), "fp16-overflow", DIRECT),
+    (dict(phase="forward", module="dense", op="cast", op_family=OpFamily.OTHER, dtype="float16", dtype_max=65504.0,
+          max_abs=7.9e4, value="-inf", grad_norms=FLAT), "fp16-overflow", DIRECT),
+    (dict(phase="forward", op="linear", op_family=OpFamily.MATMUL, dtype="float16", dtype_max=65504.0,
+          max_abs=5.8e4, value="nan", skipped_in_a_row=10, loss_scale=128.0), "fp16-overflow", LOCATED),
+    (dict(phase="forward", op="matmul", op_family=OpFamily.MATMUL, dtype="float16", dtype_max=65504.0, max_abs=3e3,
+          value="nan"), "fp16-overflow", LOCATED),
+    (dict(phase="optimizer update", module="Adam", op="step", op_family=OpFamily.OTHER, optimizer=ADAM_FLOAT16),
+     "fp16-adam-epsilon", DIRECT),
+    # Keras' epsilon is OptimizerFacts.eps too; the parameters' dtype from the report where the facts lack it
+    (dict(phase="optimizer update", op="apply_gradients", op_family=OpFamily.OTHER, dtype="float16",
+          optimizer=OptimizerFacts("Adam", learning_rate=1e-3, eps=1e-7)), "fp16-adam-epsilon", LOCATED),
 ])
 def test_rules_name_the_mixed_precision_causes_on_their_evidence(fields, cause, specificity):
     report = conclude(NonFiniteReport("torch", step=3, **fields))
@@ -46,17 +50,22 @@ def test_rules_name_the_mixed_precision_causes_on_their_evidence(fields, cause, 
 
 @pytest.mark.parametrize("fields", [
     # bfloat16 has float32's range: what overflows there is not a float16 problem
-    dict(phase="forward", op="linear", dtype="bfloat16", dtype_max=3.39e38, max_abs=1e5, value="inf"),
+    dict(phase="forward", op="linear", op_family=OpFamily.MATMUL, dtype="bfloat16", dtype_max=3.39e38, max_abs=1e5,
+         value="inf"),
     # float32 overflow (a learning rate, a softmax): not ours
-    dict(phase="forward", op="linear", dtype="float32", max_abs=1e39, value="inf", grad_norms=GROWING),
+    dict(phase="forward", op="linear", op_family=OpFamily.MATMUL, dtype="float32", max_abs=1e39, value="inf",
+         grad_norms=GROWING),
     # NaN weights read back in float16 (small inputs): the update's fault, not an overflow
-    dict(phase="forward", op="readvariableop", dtype="float16", dtype_max=65504.0, max_abs=2.4, value="nan"),
+    dict(phase="forward", op="readvariableop", op_family=OpFamily.OTHER, dtype="float16", dtype_max=65504.0,
+         max_abs=2.4, value="nan"),
     # a float32 Adam keeps its eps; an optimizer without eps is not this cause
-    dict(phase="optimizer update", op="step", optimizer={"name": "Adam", "eps": 1e-8, "param_dtype": "float32"}),
-    dict(phase="optimizer update", op="step", optimizer={"name": "SGD", "lr": 5.0, "param_dtype": "float16"}),
+    dict(phase="optimizer update", op="step", op_family=OpFamily.OTHER,
+         optimizer=OptimizerFacts("Adam", learning_rate=1e-3, eps=1e-8, param_dtype="float32")),
+    dict(phase="optimizer update", op="step", op_family=OpFamily.OTHER,
+         optimizer=OptimizerFacts("SGD", learning_rate=5.0, param_dtype="float16")),
     # Adam's facts outside an update, and skipped steps without float16
-    dict(phase="backward", op="mm", optimizer=ADAM_FLOAT16),
-    dict(phase="forward", op="linear", skipped_in_a_row=12, loss_scale=1e-3),
+    dict(phase="backward", op="mm", op_family=OpFamily.MATMUL, optimizer=ADAM_FLOAT16),
+    dict(phase="forward", op="linear", op_family=OpFamily.MATMUL, skipped_in_a_row=12, loss_scale=1e-3),
 ])
 def test_mixed_precision_rules_stay_silent_on_other_evidence(fields):
     verdicts = [verdict.cause for verdict in rank(NonFiniteReport("torch", step=3, **fields))]
@@ -64,8 +73,9 @@ def test_mixed_precision_rules_stay_silent_on_other_evidence(fields):
 
 
 def test_a_growing_float16_sgd_update_stays_a_learning_rate_problem():
-    report = conclude(NonFiniteReport("torch", 6, "optimizer update", op="step", grad_norms=GROWING,
-                                      optimizer={"name": "SGD", "lr": 5.0, "param_dtype": "float16"}))
+    report = conclude(NonFiniteReport("torch", 6, "optimizer update", op="step", op_family=OpFamily.OTHER,
+                                      grad_norms=GROWING,
+                                      optimizer=OptimizerFacts("SGD", learning_rate=5.0, param_dtype="float16")))
     assert report.cause == "high-learning-rate" and EPSILON.id not in report.verdicts
 
 

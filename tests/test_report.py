@@ -5,7 +5,9 @@ import re
 import pytest
 
 import nanlab
-from nanlab.report import NonFiniteReport, conclude
+from nanlab.report import NonFiniteReport
+from nanlab.watching.conclude import conclude
+from nanlab.watching.vocabulary import InputStats, OpFamily, OptimizerFacts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -13,21 +15,30 @@ GROWING = [1.0, 30.0, 900.0, 3e4]
 FLAT = [1.0, 0.9, 1.1, 1.0]
 
 
+def stats(**counts) -> InputStats:
+    """One float32 input of the failing op, finite, with the given counts (``zeros=1``: an exact 0 among them)."""
+    return InputStats("float32", size=8, **counts)
+
+
 @pytest.mark.parametrize("fields, cause", [
     (dict(phase="data", label_problem="labels outside 0..4"), "huge-labels"),
-    (dict(phase="loss", huge_targets=True, op="mse_loss"), "huge-labels"),
-    (dict(phase="loss", symmetric_labels=True, op="log", value="-inf"), "symmetric-labels"),
-    (dict(phase="forward", op="log", value="-inf", op_inputs=[{"zeros": True}], grad_norms=GROWING),
-     "log-of-zero"),
-    (dict(phase="loss", op="div", value="nan", op_inputs=[{"zeros": False}, {"zeros": True}]), "division-by-zero"),
-    (dict(phase="forward", module="rnn", op="rnn_tanh", grad_norms=FLAT, recurrent=True),
+    (dict(phase="loss", huge_targets=True, op="mse_loss", op_family=OpFamily.REDUCE), "huge-labels"),
+    (dict(phase="loss", symmetric_labels=True, op="log", op_family=OpFamily.LOG, value="-inf"), "symmetric-labels"),
+    (dict(phase="forward", op="log", op_family=OpFamily.LOG, value="-inf", op_inputs=[stats(zeros=1)],
+          grad_norms=GROWING), "log-of-zero"),
+    (dict(phase="loss", op="div", op_family=OpFamily.DIV, value="nan", op_inputs=[stats(), stats(zeros=1)]),
+     "division-by-zero"),
+    (dict(phase="forward", module="rnn", op="rnn_tanh", op_family=OpFamily.OTHER, grad_norms=FLAT, recurrent=True),
      "exploding-rnn-gradients"),
-    (dict(phase="forward", module="2", op="linear", grad_norms=GROWING), "high-learning-rate"),
-    (dict(phase="forward", module="act", op="exp", value="inf", grad_norms=FLAT), "softmax-overflow"),
-    (dict(phase="forward", module="act", op="exp", value="inf", dtype="float16", dtype_max=65504.0, max_abs=1.2e5,
-          grad_norms=FLAT), "fp16-overflow"),
-    (dict(phase="forward", module="act", op="tanh", value="nan", grad_norms=FLAT), None),
-    (dict(phase="forward", module="2", op="linear", grad_norms=GROWING[:2]), None),
+    (dict(phase="forward", module="2", op="linear", op_family=OpFamily.MATMUL, grad_norms=GROWING),
+     "high-learning-rate"),
+    (dict(phase="forward", module="act", op="exp", op_family=OpFamily.EXP, value="inf", grad_norms=FLAT),
+     "softmax-overflow"),
+    (dict(phase="forward", module="act", op="exp", op_family=OpFamily.EXP, value="inf", dtype="float16",
+          dtype_max=65504.0, max_abs=1.2e5, grad_norms=FLAT), "fp16-overflow"),
+    (dict(phase="forward", module="act", op="tanh", op_family=OpFamily.ACTIVATION, value="nan", grad_norms=FLAT),
+     None),
+    (dict(phase="forward", module="2", op="linear", op_family=OpFamily.MATMUL, grad_norms=GROWING[:2]), None),
     (dict(phase="data", data_findings=["non-finite values in samples 3"]), "dirty-data"),
 ])
 def test_rules_name_the_cause_only_on_its_evidence(fields, cause):
@@ -37,9 +48,9 @@ def test_rules_name_the_cause_only_on_its_evidence(fields, cause):
 
 
 def test_the_report_reads_as_plain_sentences_with_the_notebook():
-    report = conclude(NonFiniteReport("torch", 7, "forward", module="head", op="log", value="-inf",
-                                      parameter="head.weight", samples=[3], batch_size=16,
-                                      op_inputs=[{"zeros": True}], grad_norms=FLAT))
+    report = conclude(NonFiniteReport("torch", 7, "forward", module="head", op="log", op_family=OpFamily.LOG,
+                                      value="-inf", parameter="head.weight", samples=[3], batch_size=16,
+                                      op_inputs=[stats(zeros=1)], grad_norms=FLAT))
     text = str(report)
     assert text.startswith("Step 7: the forward pass went non-finite (-inf) at `head` / op `log`")
     assert "sample 3 of the batch" in text and "`head.weight`" in text
@@ -49,7 +60,8 @@ def test_the_report_reads_as_plain_sentences_with_the_notebook():
 
 def test_minus_one_plus_one_targets_are_not_blamed_when_the_loss_takes_them():
     """A hinge loss trains on -1/+1 targets by design: its NaN from a too-high learning rate is the rate's fault."""
-    report = conclude(NonFiniteReport("torch", 6, "forward", module="fc2", op="linear", value="inf",
+    report = conclude(NonFiniteReport("torch", 6, "forward", module="fc2", op="linear", op_family=OpFamily.MATMUL,
+                                      value="inf",
                                       symmetric_labels=True, grad_norms=[1.0, 40.0, 2e3, 9e4]))
     assert report.cause == "high-learning-rate", str(report)
     assert report.runner_up is None
@@ -64,8 +76,9 @@ def test_minus_one_labels_refused_as_indices_name_both_label_causes_most_specifi
 
 def test_rules_are_ranked_by_specificity_not_by_catalogue_order():
     """log(0) inside a recurrent layer during a growing-gradient run: the op's own evidence is the most specific."""
-    report = conclude(NonFiniteReport("torch", 9, "forward", module="rnn", op="log", value="-inf", recurrent=True,
-                                      op_inputs=[{"zeros": True}], grad_norms=[1.0, 30.0, 900.0, 3e4]))
+    report = conclude(NonFiniteReport("torch", 9, "forward", module="rnn", op="log", op_family=OpFamily.LOG,
+                                      value="-inf", recurrent=True, op_inputs=[stats(zeros=1)],
+                                      grad_norms=[1.0, 30.0, 900.0, 3e4]))
     assert report.verdicts == ["log-of-zero", "exploding-rnn-gradients", "high-learning-rate"]
     assert report.cause == "log-of-zero" and report.runner_up is None
 
@@ -87,3 +100,73 @@ def test_no_cause_id_is_written_outside_its_own_package():
             if re.search(rf"[\"']{re.escape(cause_id)}[\"']", path.read_text()):
                 offenders.append(f"{relative}: {cause_id}")
     assert not offenders, offenders
+
+
+# -- the rules read the shared vocabulary, never a framework's spelling ---------------------------------------------
+@pytest.mark.parametrize("torch_op, tensorflow_op, family, fields, cause", [
+    ("div", "RealDiv", OpFamily.DIV, dict(phase="forward", value="nan", op_inputs=[stats(zeros=1)]),
+     "division-by-zero"),
+    ("log", "Log", OpFamily.LOG, dict(phase="loss", value="-inf", op_inputs=[stats(zeros=1)]), "log-of-zero"),
+    ("sqrt", "SqrtGrad", OpFamily.SQRT, dict(phase="backward", value="nan", op_inputs=[stats(zeros=2)]),
+     "sqrt-at-zero"),
+    ("linalg_vector_norm", "EuclideanNorm", OpFamily.NORM, dict(phase="forward", value="nan",
+                                                                op_inputs=[stats(zeros=8)]), "zero-norm"),
+    ("softmax", "Softmax", OpFamily.SOFTMAX, dict(phase="forward", value="nan"), "masked-attention"),
+    ("exp", "Exp", OpFamily.EXP, dict(phase="forward", value="inf", op_inputs=[stats(max_abs=120.0)]),
+     "softmax-overflow"),
+])
+def test_one_verdict_for_the_same_evidence_whatever_the_framework_calls_the_op(torch_op, tensorflow_op, family,
+                                                                                 fields, cause):
+    torch_report = conclude(NonFiniteReport("torch", 3, op=torch_op, op_family=family, **fields))
+    tf_report = conclude(NonFiniteReport("tensorflow", 3, op=tensorflow_op.lower(), op_family=family, **fields))
+    assert torch_report.cause == tf_report.cause == cause, (str(torch_report), str(tf_report))
+    assert torch_report.verdicts == tf_report.verdicts
+    assert tf_report.cause_reason == torch_report.cause_reason.replace(f"`{torch_op}`", f"`{tensorflow_op.lower()}`")
+
+
+def test_a_native_name_without_its_family_names_nothing():
+    """The rules match on op families: a report whose op is spelt "log" but whose family is unknown is not log(0)."""
+    report = conclude(NonFiniteReport("torch", 3, "forward", op="log", op_family=OpFamily.OTHER,
+                                      op_inputs=[stats(zeros=1)], grad_norms=FLAT))
+    assert report.cause is None and report.cause_reason.startswith("unclear"), str(report)
+
+
+def test_the_backward_of_a_root_at_zero_is_sqrt_at_zero_alone():
+    """Backward culprits carry their forward inputs' statistics (zeros under the root): the division rule must not
+    claim them, or it would outrank sqrt-at-zero by catalogue order and the notebooks would name another cause."""
+    for op, family in (("sqrt", OpFamily.SQRT), ("sqrtgrad", OpFamily.SQRT), ("std", OpFamily.STATISTIC),
+                       ("linalg_vector_norm", OpFamily.NORM)):
+        report = conclude(NonFiniteReport("torch", 3, "backward", op=op, op_family=family, value="nan",
+                                          op_inputs=[stats(zeros=4)]))
+        assert report.verdicts == ["sqrt-at-zero"], (op, report.verdicts)
+        assert report.cause_reason == (f"the forward pass was finite and the backward pass of `{op}` was the first "
+                                       "to go non-finite: the derivative of sqrt at 0 is inf, and inf * 0 = NaN")
+
+
+@pytest.mark.parametrize("framework, op, text", [
+    # the sentences the notebooks print (pytorch/11, tensorflow/11, pytorch/03, tensorflow/03), word for word
+    ("torch", "rsqrt", "Likely cause: zero-norm (see notebooks/pytorch/11-zero-norm.ipynb), because `rsqrt` took "
+     "the inverse length of a vector that is all zeros (1 / 0 = inf, and 0 * inf = NaN); also consistent with "
+     "division-by-zero, because `rsqrt` divided by (or took the root of) an exact 0."),
+    ("tensorflow", "rsqrt", "Likely cause: zero-norm (see notebooks/tensorflow/11-zero-norm.ipynb), because `rsqrt` "
+     "took the inverse length of a vector that is all zeros (1 / 0 = inf, and 0 * inf = NaN); also consistent with "
+     "division-by-zero, because `rsqrt` divided by (or took the root of) an exact 0."),
+    ("torch", "div", "Likely cause: division-by-zero (see notebooks/pytorch/03-division-by-zero.ipynb), because "
+     "`div` divided by (or took the root of) an exact 0."),
+    ("tensorflow", "realdiv", "Likely cause: division-by-zero (see notebooks/tensorflow/03-division-by-zero.ipynb), "
+     "because `realdiv` divided by (or took the root of) an exact 0."),
+])
+def test_the_reasons_the_notebooks_print_are_unchanged(framework, op, text):
+    family = OpFamily.RSQRT if op == "rsqrt" else OpFamily.DIV
+    report = conclude(NonFiniteReport(framework, 2, "forward", module="norm", op=op, op_family=family, value="nan",
+                                      op_inputs=[stats(zeros=3)]))
+    assert str(report).endswith(text), str(report)
+
+
+def test_a_report_round_trips_through_its_dict_to_the_same_verdict():
+    report = NonFiniteReport("tensorflow", 4, "optimizer update", op="apply_gradients", op_family=OpFamily.OTHER,
+                             optimizer=OptimizerFacts("Adam", learning_rate=1e-3, eps=1e-8, param_dtype="float16"),
+                             op_inputs=[stats(zeros=1, min=0.0, max=2.0, min_abs=0.0, max_abs=2.0)])
+    again = NonFiniteReport.from_dict(report.to_dict())
+    assert again == report
+    assert conclude(again).cause == conclude(report).cause == "fp16-adam-epsilon"

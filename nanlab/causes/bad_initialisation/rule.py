@@ -7,22 +7,22 @@ the signal layer after layer. Runs where the data carries the scale (dirty data,
 a recurrent layer (exploding RNN gradients) or a half-precision dtype (fp16 overflow) are left to their own rules.
 """
 from nanlab.causes.bad_initialisation import CAUSE
-from nanlab.diagnosis import LOCATED, Verdict
+from nanlab.diagnosis import LOCATED, Verdict, narrow_range
 from nanlab.evidence import UNNORMALISED_SCALE
+from nanlab.watching.vocabulary import Phase
 
 # A network at initialisation keeps its activations and its loss within ~1-100 (ln K for a K-class cross-entropy);
 # a million times the unit scale is no longer a matter of a slightly too large weight.
 HUGE_SCALE = 1e6
 EARLY_STEPS = 5  # how soon the NaN must follow: the huge values are there from step 0
-HALF_PRECISION_MAX = 1e5  # float16 tops out at 65504; bfloat16 and float32 at ~3e38
 
 
 def diagnose(report) -> Verdict | None:
-    if report.phase == "data" or report.step > EARLY_STEPS or report.recurrent:
+    if report.phase == Phase.DATA or report.step > EARLY_STEPS or report.recurrent:
         return None
     if report.label_problem or report.huge_targets:
         return None
-    if report.dtype_max is not None and report.dtype_max < HALF_PRECISION_MAX:
+    if narrow_range(report):  # float16 overflows on values float32 holds: the fp16-overflow rule's evidence
         return None
     if report.input_max_abs is not None and report.input_max_abs > UNNORMALISED_SCALE:
         return None
@@ -46,7 +46,7 @@ def diagnose(report) -> Verdict | None:
 
 
 def _largest_op_input(report) -> float | None:
-    largest = [entry["max_abs"] for entry in report.op_inputs if entry.get("max_abs") is not None]
+    largest = [entry.max_abs for entry in report.op_inputs if entry.max_abs is not None]
     return max(largest) if largest else None
 
 

@@ -1,11 +1,15 @@
 """Adam's epsilon in float16: the update made the weights non-finite, the parameters (and so the optimizer's state)
-are float16, and the optimizer's epsilon rounds to 0.0 in float16."""
+are float16, and the optimizer's epsilon rounds to 0.0 in float16.
+
+Reads the optimizer's facts in the shared vocabulary (``OptimizerFacts``: ``kind``, ``eps``, ``param_dtype``),
+which each framework fills from its own names (torch's ``eps``, Keras' ``epsilon``)."""
 import struct
 
 from nanlab.causes.fp16_adam_epsilon import CAUSE
 from nanlab.diagnosis import DIRECT, LOCATED, Verdict
+from nanlab.watching.vocabulary import Phase
 
-FLOAT16_NAMES = {"float16", "half"}
+FLOAT16 = "float16"
 
 
 def in_float16(value: float) -> float:
@@ -14,12 +18,12 @@ def in_float16(value: float) -> float:
 
 
 def diagnose(report) -> Verdict | None:
-    facts = report.optimizer or {}
-    param_dtype = str(facts.get("param_dtype") or report.dtype or "").removeprefix("torch.")
-    eps = facts.get("eps", facts.get("epsilon"))
-    if report.phase != "optimizer update" or param_dtype not in FLOAT16_NAMES or eps is None:
+    facts = report.optimizer
+    if report.phase != Phase.OPTIMIZER or facts is None or facts.eps is None:
         return None
-    name = facts.get("name", "the optimizer")
+    if (facts.param_dtype or report.dtype) != FLOAT16:
+        return None
+    name, eps = facts.kind or "the optimizer", facts.eps
     if in_float16(eps) == 0.0:
         return Verdict(CAUSE.id, DIRECT, f"{name}'s eps = {eps:g} is 0.0 in float16, the parameters' dtype, so "
                        "m / (sqrt(v) + eps) divided by an underflowed sqrt(v) = 0", ("phase", "optimizer"))

@@ -1,17 +1,21 @@
 """fp16 overflow: an op computing in float16 produced a magnitude past float16's largest finite value (65504), or
-the loss scaler kept skipping steps until its scale collapsed."""
+the loss scaler kept skipping steps until its scale collapsed.
+
+Reads the canonical dtype name (``report.dtype``: "float16" in every framework, whatever it calls the policy) and
+its limit (``report.dtype_max``, else the vocabulary's ``dtype_max``)."""
 import math
 
-from nanlab.causes.fp16_overflow import CAUSE, FLOAT16_MAX
-from nanlab.diagnosis import DIRECT, LOCATED, Verdict
+from nanlab.causes.fp16_overflow import CAUSE
+from nanlab.diagnosis import DIRECT, LOCATED, Verdict, range_limit
+from nanlab.watching.vocabulary import Phase
 
-FLOAT16_NAMES = {"float16", "half", "mixed_float16"}
+FLOAT16 = "float16"
 
 
 def diagnose(report) -> Verdict | None:
-    if report.dtype not in FLOAT16_NAMES or report.phase not in ("forward", "loss", "backward"):
+    if report.dtype != FLOAT16 or report.phase not in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD):
         return None
-    limit = report.dtype_max or FLOAT16_MAX
+    limit = range_limit(report)
     where = f"`{report.op}`" if report.op else "an op"
     if report.max_abs is not None and report.max_abs > limit:
         return Verdict(CAUSE.id, DIRECT, f"{where} computed in float16 reached |x| = {report.max_abs:.3g}, past "
@@ -25,7 +29,7 @@ def diagnose(report) -> Verdict | None:
                        f"row{scale}: the overflow does not depend on the scale", ("dtype", "skipped_in_a_row",
                                                                                  "loss_scale"))
     # A NaN (e.g. inf - inf inside a matmul) from finite inputs so large that one product of two passes the limit.
-    if report.phase in ("forward", "loss") and report.value and (report.max_abs or 0.0) >= math.sqrt(limit):
+    if report.phase in (Phase.FORWARD, Phase.LOSS) and report.value and (report.max_abs or 0.0) >= math.sqrt(limit):
         return Verdict(CAUSE.id, LOCATED, f"{where} computed in float16 gave {report.value} amid magnitudes up to "
                        f"{report.max_abs:.3g}; float16 stops at {limit:.6g}, so a product or a sum of such values "
                        "overflows", ("dtype", "value", "max_abs", "op"))

@@ -6,17 +6,16 @@ blamed for (the curvature of the loss grows with the square of the input scale).
 the rules that read its dtype limit, the more specific evidence there.
 """
 from nanlab.causes.unnormalised_inputs import CAUSE
-from nanlab.diagnosis import LOCATED, Verdict
+from nanlab.diagnosis import LOCATED, Verdict, narrow_range
 from nanlab.evidence import UNNORMALISED_SCALE
-
-HALF_PRECISION_MAX = 1e5  # float16 tops out at 65504; bfloat16 and float32 at ~3e38
+from nanlab.watching.vocabulary import Phase
 
 
 def diagnose(report) -> Verdict | None:
     scale = report.input_max_abs
-    if scale is None or scale <= UNNORMALISED_SCALE or report.phase == "data":
+    if scale is None or scale <= UNNORMALISED_SCALE or report.phase == Phase.DATA:
         return None
-    if report.dtype_max is not None and report.dtype_max < HALF_PRECISION_MAX:
+    if narrow_range(report):
         return None
     trend = f"; the {report.norm_name} grew {report.growth:.3g}x before the NaN" if report.exploding else ""
     return Verdict(CAUSE.id, LOCATED,
