@@ -10,7 +10,7 @@ core concludes (``nanlab.watching.conclude``, the only caller of the diagnosis) 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, NoReturn
 
 from nanlab.errors import NonFiniteError
 from nanlab.report import NonFiniteReport
@@ -90,3 +90,11 @@ class WatchCore:
             LOG.warning("nanlab.watch skipped step %d: %s", self.step, report)
         self.step += 1
         return report
+
+    def fault_at_end(self, gather: Callable[[], NonFiniteReport]) -> NoReturn:
+        """A fault found once training is over (a weight left non-finite, seen as the watch detaches): nothing is
+        left to drop or stop, so whatever ``on_nonfinite`` says, gather, conclude, keep the report and raise."""
+        from nanlab.watching.conclude import conclude
+
+        self.report = conclude(gather())
+        raise NonFiniteError(self.report)
