@@ -85,7 +85,7 @@ def test_the_watch_surface_and_a_json_report():
             optimizer.step()
     assert watch.report is raised.value.report
     record = json.loads(json.dumps(watch.report.to_dict(), allow_nan=False))
-    assert (record["phase"], record["samples"], record["optimizer"]["name"]) == ("data", [7], "SGD")
+    assert (record["phase"], record["samples"], record["optimizer"]["kind"]) == ("data", [7], "SGD")
 
 
 def test_unknown_options_and_policies_are_one_line_errors():

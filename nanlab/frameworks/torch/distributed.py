@@ -38,7 +38,7 @@ def merge_reports(report: NonFiniteReport, suspects: list[int], group) -> NonFin
     located = [rank for rank, found in enumerate(gathered) if found["phase"] == "data" or found["module"]]
     ranks = located or suspects
     chosen = ranks[0] if ranks else dist.get_rank(group)
-    merged = NonFiniteReport(**gathered[chosen])
+    merged = NonFiniteReport.from_dict(gathered[chosen])
     merged.rank, merged.ranks = chosen, ranks
     where = f"rank {chosen}" if len(ranks) <= 1 else f"ranks {', '.join(map(str, ranks))} (details of rank {chosen})"
     merged.note = " ".join(filter(None, [merged.note, f"Under torch.distributed ({world} ranks): it appeared on "

@@ -1,34 +1,39 @@
 """Replay of one bad PyTorch step, instrumented: the first op that went non-finite, the first bad gradient, the samples.
 
-Loaded by ``watch.py`` only when a step goes bad, and the only nanlab module that touches torch's private APIs
-(``torch.utils._pytree``, the ``AccumulateGrad`` node name, the ``TorchFunctionMode`` protocol). If a torch release moves them, importing this module fails, and the watch still
-raises ``NonFiniteError`` with an unlocated report.
+Loaded by ``watch.py`` only when a step goes bad (``localise``, the same entry point in every framework). It reaches
+torch's private APIs only through ``nanlab.frameworks.torch.private`` (their one guarded home: here the
+``TorchFunctionMode`` protocol); if a torch release moves one, ``localise`` raises ``PrivateAPIMoved`` (an
+``ImportError``), and the watch still raises ``NonFiniteError`` with an unlocated report that says so.
 
 The replay runs every micro-batch of the update again, from the weights the update started from (the check runs
 before the update, and a step the loss scaler skipped changed nothing), with the RNG states (CPU and every CUDA
 device) and autocast state each forward pass ran with, its positional and keyword inputs, and the loss function's
 target and extra arguments (or the loss the model computed in ``forward``). Every op is observed through a
 ``TorchFunctionMode`` and every autograd node is hooked; the first op that turned finite inputs into a non-finite
-output is the culprit. The gradients, buffers and RNG states it touched are restored afterwards.
+output is the culprit. Its inputs are described as ``InputStats``, for a backward culprit those of the forward op
+whose gradient went bad. The gradients, buffers and RNG states it touched are restored afterwards.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
-from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, listed, symmetric_labels
-from nanlab.frameworks.torch.watch import BadStep, MicroBatch, loss_of
+from nanlab.evidence import HUGE_TARGET_SCALE, class_id_targets, label_problem, listed, symmetric_labels
+from nanlab.frameworks.torch import private
+from nanlab.frameworks.torch.names import OP_FAMILIES, checkable, dtype_kind, dtype_name
+from nanlab.frameworks.torch.records import BadStep, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, is_recurrent
+from nanlab.watching.vocabulary import InputStats, OpFamily, Phase, dtype_max, op_family
 
 LOSS_PATH = "loss"
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
-FILL_OPS = {"masked_fill", "masked_fill_", "where", "fill", "fill_", "full", "full_like", "index_fill"}
+FILL_OPS = frozenset(name for name, family in OP_FAMILIES.items() if family is OpFamily.FILL)
 OP_ALIASES = {"truediv": "div", "rtruediv": "div", "div_": "div", "true_divide": "div", "rdiv": "div",
               "pow_": "pow", "rpow": "pow", "log_": "log", "exp_": "exp", "sqrt_": "sqrt"}
 WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float64, torch.float32: torch.float64}  # wider range
@@ -40,9 +45,10 @@ def localise(bad: BadStep, report: NonFiniteReport) -> None:
     if not bad.micro_batches:
         report.note = "The watch saw no forward pass under autograd to replay."
         return
+    mode = _mode_class(private.torch_function_mode())  # PrivateAPIMoved (an ImportError) when it is gone
     several = len(bad.micro_batches) > 1
     for index, micro_batch in enumerate(bad.micro_batches):
-        if _data_problem(micro_batch, bad, report) or _replay(micro_batch, bad, report):
+        if _data_problem(micro_batch, bad, report) or _replay(micro_batch, bad, report, mode):
             if several:
                 report.micro_batch = index
                 report.note = _join(report.note, f"Micro-batch {index} of the {len(bad.micro_batches)} in this "
@@ -64,24 +70,25 @@ def _data_problem(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport
         tensors.append(target)
         report.symmetric_labels = symmetric_labels(target, bad.ignore_index)
         if target.is_floating_point() and target.numel():
-            report.huge_targets = bool(target.detach().abs().max().item() > HUGE_TARGET_SCALE)
+            report.huge_targets = bool(checkable(target).abs().max().item() > HUGE_TARGET_SCALE)
     report.input_max_abs = _input_max_abs(_tensors((micro_batch.args, micro_batch.kwargs)))
     rows = _nonfinite_rows(tensors, batch)
     if not rows:
         return False
-    report.phase, report.samples = "data", rows
+    report.phase, report.samples = Phase.DATA, rows
     report.data_findings = [f"non-finite values in samples {listed(rows)}"]
     return True
 
 
 def _check_labels(output, target, bad: BadStep, report: NonFiniteReport) -> bool:
-    if not _is_class_ids(output, target):
+    if not _class_ids(output, target, class_axis=1):
         return False
     problem = label_problem(target, output.shape[1], bad.ignore_index)
     if problem is None:
         return False
-    report.phase, report.module, report.label_problem, report.samples = "data", LOSS_PATH, problem[0], problem[1]
+    report.phase, report.module, report.label_problem, report.samples = Phase.DATA, LOSS_PATH, problem[0], problem[1]
     report.op = getattr(bad.loss_fn, "__name__", type(bad.loss_fn).__name__)
+    report.op_family = op_family(report.op, OP_FAMILIES)
     report.data_findings = [problem[0]]
     report.note = _join(report.note, "The watch handed the loss these labels as class 0, so the device never "
                         "indexed out of range (a CPU IndexError, a CUDA device-side assert).")
@@ -89,22 +96,23 @@ def _check_labels(output, target, bad: BadStep, report: NonFiniteReport) -> bool
 
 
 def _check_output_labels(output, micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> bool:
-    """A model that computes its loss in forward (``labels=`` keyword): check them against its logits."""
+    """A model that computes its loss in forward (``labels=`` keyword): check them against its logits (classes last,
+    the Hugging Face convention)."""
     logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
     labels = micro_batch.kwargs.get("labels")
-    if not (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)) or labels.is_floating_point():
+    if not _class_ids(logits, labels, class_axis=-1):
         return False
     problem = label_problem(labels, logits.shape[-1], bad.ignore_index)
     if problem is None:
         return False
-    report.phase, report.label_problem, report.samples = "data", problem[0], problem[1]
+    report.phase, report.label_problem, report.samples = Phase.DATA, problem[0], problem[1]
     report.data_findings = [problem[0]]
     report.symmetric_labels = symmetric_labels(labels, bad.ignore_index)
     return True
 
 
 # -- the replay --------------------------------------------------------------------------------------------------
-def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> bool:
+def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode: type) -> bool:
     """Replay one micro-batch instrumented; True when it located the fault (and filled ``report``)."""
     model, params = bad.module, bad.params
     batch = report.batch_size
@@ -114,7 +122,7 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> b
     saved_cuda_rng = torch.cuda.get_rng_state_all() if micro_batch.cuda_rng is not None else None
     for p in params:
         p.grad = None
-    tracer = _Tracer(model, batch)
+    tracer = mode(model, batch)
     loss = output = None
     try:
         _restore_rng(micro_batch.cpu_rng, micro_batch.cuda_rng)
@@ -142,11 +150,12 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport) -> b
     if found is None:
         return False
     report.phase, report.module, report.op = found["phase"], found["module"], found["op"]
+    report.op_family = op_family(report.op, OP_FAMILIES)
     report.module_kind, report.value, report.op_inputs = found["kind"], found["value"], found["inputs"]
     report.samples, report.dtype, report.max_abs = found["rows"], found["dtype"], found["max_abs"]
-    report.dtype_max = float(torch.finfo(getattr(torch, found["dtype"])).max)
+    report.dtype_max = dtype_max(found["dtype"])
     report.parameter = first_param
-    if report.phase in ("loss", "forward") and not report.samples and batch:
+    if report.phase in (Phase.LOSS, Phase.FORWARD) and not report.samples and batch:
         report.samples = _bad_rows_one_by_one(micro_batch, bad, output, batch)
     report.recurrent = is_recurrent(report.module) or is_recurrent(first_param)
     return True
@@ -180,20 +189,29 @@ def _bad_rows_one_by_one(micro_batch: MicroBatch, bad: BadStep, output, batch: i
                 row_loss = loss_of(bad.module(*_row(micro_batch.args, i, batch), **_row(micro_batch.kwargs, i, batch)))
             else:
                 return []
-            if row_loss is not None and not torch.isfinite(row_loss).all():
+            if row_loss is not None and not _finite(row_loss):
                 rows.append(i)
     return rows
 
 
-class _Tracer(TorchFunctionMode):
-    """Observes every op of one replayed step: the module path it ran in, its first non-finite output."""
+@functools.cache
+def _mode_class(base: type) -> type:
+    """``_Tracer`` on torch's ``TorchFunctionMode`` (``base``, from ``private.torch_function_mode``)."""
+    return type("_TracerMode", (_Tracer, base), {})
+
+
+class _Tracer:
+    """Observes every op of one replayed step: the module path it ran in, its first non-finite output. Used as
+    ``_mode_class(TorchFunctionMode)``: torch's mode protocol comes from the one guarded home, ``private``."""
 
     def __init__(self, model: nn.Module, batch: int | None):
         super().__init__()
         self.batch = batch
         self.path: list[tuple[str, str]] = []
         self.culprit: dict | None = None
-        self.nodes: dict[Any, tuple[str, str, str]] = {}
+        # every autograd node of the replay -> the op that made it: module, kind, op, and its floating inputs (kept
+        # by reference; their InputStats are computed only for a backward culprit)
+        self.nodes: dict[Any, tuple[str, str, str, list[torch.Tensor]]] = {}
         self.backward_culprit: dict | None = None
         self._hooks = []
         for name, module in model.named_modules():
@@ -223,24 +241,28 @@ class _Tracer(TorchFunctionMode):
         inputs = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
         self._claim_nodes(outputs, inputs, module, kind, op)
         if self.culprit is None and op not in FILL_OPS:
-            bad = [t for t in outputs if not torch.isfinite(t).all()]
+            bad = [t for t in outputs if not _finite(t)]
             if bad and _turned_bad(bad, inputs):
                 value = _kind(bad[0])
-                self.culprit = {"phase": "loss" if module == LOSS_PATH else "forward", "module": module,
+                self.culprit = {"phase": Phase.LOSS if module == LOSS_PATH else Phase.FORWARD, "module": module,
                                 "kind": kind, "op": op, "value": value, "inputs": [_stats(t) for t in inputs],
-                                "rows": _nonfinite_rows(bad, self.batch), "dtype": _dtype_name(bad[0]),
+                                "rows": _nonfinite_rows(bad, self.batch), "dtype": dtype_name(bad[0].dtype),
                                 "max_abs": _magnitude(func, args, kwargs, bad[0], inputs)}
         return result
 
     def _claim_nodes(self, outputs, inputs, module, kind, op) -> None:
-        """Every autograd node between this op's inputs and outputs belongs to the op (composite ops have several)."""
+        """Every autograd node between this op's inputs and outputs belongs to the op (composite ops have several).
+
+        The walk ends at the inputs' nodes and at nodes that hand their gradient to no other node (a parameter's
+        gradient accumulator: ``next_functions == ()``), which can never turn a gradient bad.
+        """
         stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
         pending = [t.grad_fn for t in outputs if t.grad_fn is not None]
         while pending:
             node = pending.pop()
-            if node is None or node in stop or node in self.nodes or type(node).__name__ == "AccumulateGrad":
+            if node is None or node in stop or node in self.nodes or not node.next_functions:
                 continue
-            self.nodes[node] = (module, kind, op)
+            self.nodes[node] = (module, kind, op, inputs)
             pending.extend(next_node for next_node, _ in node.next_functions)
 
     def backward(self, loss: torch.Tensor, params: list[nn.Parameter], names: dict) -> str | None:
@@ -249,7 +271,7 @@ class _Tracer(TorchFunctionMode):
         handles = [node.register_hook(lambda grad_in, grad_out, node=node: self._check_node(node, grad_in, grad_out))
                    for node in self.nodes]
         handles += [p.register_hook(lambda grad, p=p: order.append(names[id(p)])
-                                    if not torch.isfinite(grad).all() else None) for p in params]
+                                    if not _finite(grad) else None) for p in params]
         try:
             loss.sum().backward()
         finally:
@@ -262,12 +284,13 @@ class _Tracer(TorchFunctionMode):
     def _check_node(self, node, grad_inputs, grad_outputs) -> None:
         if self.backward_culprit is not None:
             return
-        bad = [g for g in grad_inputs if g is not None and not torch.isfinite(g).all()]
-        if bad and all(torch.isfinite(g).all() for g in grad_outputs if g is not None):
-            module, kind, op = self.nodes[node]
-            self.backward_culprit = {"phase": "backward", "module": module, "kind": kind, "op": op,
-                                     "value": _kind(bad[0]), "inputs": [], "rows": _nonfinite_rows(bad, self.batch),
-                                     "dtype": _dtype_name(bad[0]), "max_abs": None}
+        bad = [g for g in grad_inputs if g is not None and not _finite(g)]
+        if bad and all(_finite(g) for g in grad_outputs if g is not None):
+            module, kind, op, inputs = self.nodes[node]
+            self.backward_culprit = {"phase": Phase.BACKWARD, "module": module, "kind": kind, "op": op,
+                                     "value": _kind(bad[0]), "inputs": [_stats(t) for t in inputs],
+                                     "rows": _nonfinite_rows(bad, self.batch), "dtype": dtype_name(bad[0].dtype),
+                                     "max_abs": None}
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -278,12 +301,12 @@ def _magnitude(func, args, kwargs, output: torch.Tensor, inputs: list[torch.Tens
     if wider is not None:
         widen = lambda t: t.detach().to(wider) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa
         with torch.no_grad(), _autocast_off(output.device.type):
-            result = func(*tree_map(widen, args), **tree_map(widen, kwargs))
-        magnitudes = [t.abs().max() for t in _tensors(result) if t.is_floating_point() and t.numel()]
+            result = func(*_map(widen, args), **_map(widen, kwargs))
+        magnitudes = [checkable(t).abs().max() for t in _tensors(result) if t.is_floating_point() and t.numel()]
         largest = float(torch.stack(magnitudes).max()) if magnitudes else math.nan
         if math.isfinite(largest):
             return largest
-    finite = [t.detach().abs()[torch.isfinite(t)] for t in inputs]
+    finite = [data.abs()[torch.isfinite(data)] for data in map(checkable, inputs)]
     largest_inputs = [float(t.max()) for t in finite if t.numel()]
     return max(largest_inputs) if largest_inputs else None
 
@@ -305,20 +328,55 @@ def _restore_rng(cpu_state: torch.Tensor, cuda_states: list[torch.Tensor] | None
         torch.cuda.set_rng_state_all(cuda_states)
 
 
+# -- nested arguments: tuples (named ones too), lists and dicts; anything else is a leaf ----------------------------
+def _leaves(tree) -> list:
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    if isinstance(tree, dict):
+        return [leaf for item in tree.values() for leaf in _leaves(item)]
+    return [tree]
+
+
+def _map(fn: Callable, tree):
+    """``tree`` with ``fn`` applied to every leaf, its containers rebuilt as the same types where they can be."""
+    if isinstance(tree, list):
+        return [_map(fn, item) for item in tree]
+    if isinstance(tree, tuple):
+        items = [_map(fn, item) for item in tree]
+        if hasattr(tree, "_fields"):  # a namedtuple
+            return type(tree)(*items)
+        try:
+            return type(tree)(items)  # a tuple, or a structseq such as torch.return_types.max
+        except TypeError:
+            return tuple(items)
+    if isinstance(tree, dict):
+        mapped = {key: _map(fn, value) for key, value in tree.items()}
+        if type(tree) is dict:
+            return mapped
+        try:  # OrderedDict, defaultdict, a Hugging Face ModelOutput: a copy with the values replaced
+            rebuilt = copy.copy(tree)
+            for key, value in mapped.items():
+                rebuilt[key] = value
+            return rebuilt
+        except Exception:  # noqa: BLE001 - a mapping that will not copy: a plain dict holds the same values
+            return mapped
+    return fn(tree)
+
+
 def _tensors(tree) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+    return [t for t in _leaves(tree) if isinstance(t, torch.Tensor)]
 
 
 def _row(tree, i: int, batch: int):
     """``tree`` with every batch-shaped tensor cut to row ``i`` (kept 2-D: ``t[i:i+1]``)."""
-    return tree_map(lambda t: t[i:i + 1] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t,
-                    tree)
+    return _map(lambda t: t[i:i + 1] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t, tree)
 
 
-def _is_class_ids(output, target) -> bool:
+def _class_ids(output, target, class_axis: int) -> bool:
+    """``target`` holds class ids for ``output`` (``nanlab.evidence.class_id_targets``: by dtype, never by shape
+    alone)."""
     return (isinstance(target, torch.Tensor) and isinstance(output, torch.Tensor) and output.is_floating_point()
-            and output.dim() >= 2 and not target.is_floating_point() and target.dtype != torch.bool
-            and tuple(target.shape) == (output.shape[0], *output.shape[2:]))
+            and class_id_targets(dtype_kind(target.dtype), tuple(target.shape), tuple(output.shape), class_axis))
 
 
 def _join(note: str | None, sentence: str) -> str:
@@ -327,16 +385,16 @@ def _join(note: str | None, sentence: str) -> str:
 
 def _input_max_abs(inputs: list[torch.Tensor]) -> float | None:
     """The largest finite |x| over the model's floating-point inputs (integer ids for an embedding have no scale)."""
-    largest = [t.detach().abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+    largest = [checkable(t).abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
                for t in inputs if t.is_floating_point() and t.numel()]
     return max(largest) if largest else None
 
 
 def _turned_bad(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> bool:
     """True when this op is where it went wrong: NaN out of NaN-free inputs, or Inf out of finite ones."""
-    if any(torch.isnan(t).any() for t in outputs):
-        return not any(torch.isnan(t).any() for t in inputs)
-    return all(torch.isfinite(t).all() for t in inputs)
+    if any(torch.isnan(checkable(t)).any() for t in outputs):
+        return not any(torch.isnan(checkable(t)).any() for t in inputs)
+    return all(_finite(t) for t in inputs)
 
 
 def _op_name(func) -> str:
@@ -345,21 +403,29 @@ def _op_name(func) -> str:
     return OP_ALIASES.get(name, name)
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """Every value of ``tensor`` is finite (float8 read through ``checkable``)."""
+    return bool(torch.isfinite(checkable(tensor)).all())
+
+
 def _kind(tensor: torch.Tensor) -> str:
-    if torch.isnan(tensor).any():
+    data = checkable(tensor)
+    if torch.isnan(data).any():
         return "nan"
-    return "-inf" if (tensor == -math.inf).any() else "inf"
+    return "-inf" if (data == -math.inf).any() else "inf"
 
 
-def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
-
-
-def _stats(tensor: torch.Tensor) -> dict:
-    data = tensor.detach()
-    finite = data[torch.isfinite(data)].abs()
-    return {"zeros": bool((data == 0).any()), "negatives": bool((data < 0).any()),
-            "max_abs": float(finite.max()) if finite.numel() else None, "dtype": _dtype_name(data)}
+def _stats(tensor: torch.Tensor) -> InputStats:
+    """One input of the failing op in the shared vocabulary; the range fields None where no value is finite."""
+    data = checkable(tensor)
+    finite = data[torch.isfinite(data)]
+    stats = InputStats(dtype=dtype_name(tensor.dtype), size=data.numel(), zeros=int((data == 0).sum()),
+                       negatives=int((data < 0).sum()), nonfinite=data.numel() - finite.numel())
+    if finite.numel():
+        magnitudes = finite.abs()
+        stats.min, stats.max = float(finite.min()), float(finite.max())
+        stats.min_abs, stats.max_abs = float(magnitudes.min()), float(magnitudes.max())
+    return stats
 
 
 def _batch_size(tree) -> int | None:
@@ -372,6 +438,6 @@ def _nonfinite_rows(tensors: list[torch.Tensor], batch: int | None) -> list[int]
     for tensor in tensors:
         if batch is None or tensor.dim() == 0 or tensor.shape[0] != batch or not tensor.is_floating_point():
             continue
-        bad = ~torch.isfinite(tensor.detach()).reshape(batch, -1).all(dim=1)
+        bad = ~torch.isfinite(checkable(tensor)).reshape(batch, -1).all(dim=1)
         rows.update(torch.nonzero(bad).flatten().tolist())
     return sorted(rows)

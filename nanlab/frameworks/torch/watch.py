@@ -34,10 +34,11 @@ makes the next step's loss or gradients non-finite as soon as it takes part in t
 watch checks the weights and reports the update. A non-finite weight that no later batch uses (an embedding row)
 is found when one does, or when the ``with`` block ends (one pass over the weights then).
 
-At a bad step the watch imports ``nanlab.frameworks.torch.replay`` (the only module that touches torch's private
-APIs) to replay the step instrumented. If that import fails (a torch release moved a private API), training with
-the watch attached still works and still raises ``NonFiniteError``; the report then says localisation was
-unavailable.
+At a bad step the watch hands the core (``nanlab.watching.core.WatchCore``: the raise / stop / skip decision, the
+history, the conclusion) a callable that gathers the evidence; it imports ``nanlab.frameworks.torch.replay`` there
+to replay the step instrumented. The replay and the scaler's hooks reach torch's private APIs only through
+``nanlab.frameworks.torch.private``, their one guarded home. If one moved in a torch release, training with the
+watch attached still works and still raises ``NonFiniteError``; the report then says localisation was unavailable.
 
 Recorded for the replay, by reference and without copies: every forward pass under autograd since the last update
 (each micro-batch of an accumulated update), its positional and keyword inputs, the RNG states (CPU and every
@@ -53,43 +54,30 @@ update dropped. Valid labels are passed through unchanged, so training is bit-id
 """
 from __future__ import annotations
 
-import logging
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nanlab.errors import NanlabError, NonFiniteError
-from nanlab.evidence import IGNORE_INDEX
-from nanlab.report import NonFiniteReport, conclude, is_recurrent
+from nanlab.errors import NanlabError
+from nanlab.evidence import IGNORE_INDEX, class_id_targets
+from nanlab.frameworks.torch import private
+from nanlab.frameworks.torch.names import FLOAT8, OP_FAMILIES, checkable, dtype_kind, dtype_name, optimizer_facts
+from nanlab.frameworks.torch.records import BadStep, MicroBatch, loss_of
+from nanlab.report import NonFiniteReport, is_recurrent
 from nanlab.training import Training
 from nanlab.watching import WatchHistory, WatchPolicy
+from nanlab.watching.core import LOG, WatchCore
+from nanlab.watching.vocabulary import Phase, dtype_max, op_family
 
-LOG = logging.getLogger("nanlab.watch")
-POLICY_OPTIONS = ("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale")
-OPTIONS = ("scaler",) + POLICY_OPTIONS
-SCALER_METHODS = ("step", "unscale_", "update")
+OPTIONS = ("scaler",)
 # The one-step status vector, one row per rank: mean loss, gradient norm (unscaled), bad labels, loss scale used,
 # loss scale after the scaler's update.
 LOSS, GRAD_NORM, BAD_LABELS, SCALE, SCALE_AFTER = range(5)
-
-
-@dataclass
-class MicroBatch:
-    """One forward pass of the current update, kept by reference: what the replay needs to run it again."""
-
-    args: tuple
-    kwargs: dict
-    cpu_rng: torch.Tensor
-    cuda_rng: list[torch.Tensor] | None
-    autocast: tuple[tuple[str, torch.dtype], ...]
-    target: Any = None
-    loss_args: tuple = ()
-    loss_kwargs: dict = field(default_factory=dict)
-    has_loss: bool = False  # watch.loss_fn was called on this forward's output
 
 
 @dataclass
@@ -128,20 +116,6 @@ class StepStatus:
         return own or [rank for rank, row in enumerate(self.rows) if self._row_bad(row, self.has_loss)]
 
 
-@dataclass
-class BadStep:
-    """Everything the replay (``replay.localise``) needs about the failing step."""
-
-    module: nn.Module  # the model to replay (the wrapped module under DistributedDataParallel: no collectives)
-    params: list[nn.Parameter]
-    names: dict[int, str]
-    loss_fn: Callable | None
-    micro_batches: list[MicroBatch]
-    scale: float | None
-    ignore_index: int
-    overflow: bool  # the loss scaler skipped this step and the run of skipped steps persisted
-
-
 class Watch:
     """Context manager around a PyTorch training loop; see the module docstring.
 
@@ -152,10 +126,10 @@ class Watch:
     no ``loss_fn``. A nanlab ``Training`` has its ``loss_fn`` swapped for the duration. Under
     ``DistributedDataParallel`` backpropagate the loss that ``watch.loss_fn`` returns (it carries this rank's flag).
 
-    Attributes, the same in the Keras watch: ``step`` (steps checked so far), ``history`` (a ``WatchHistory``:
-    losses, gradient norms in unscaled units, skipped steps, loss scales), ``report`` (the last ``NonFiniteReport``
-    or None), ``stopped`` (``on_nonfinite="stop"`` ended training: a loop checks ``if watch.stopped: break``),
-    ``policy`` (a ``WatchPolicy``).
+    Attributes, the same in every framework's watch (they read its ``WatchCore``): ``step`` (steps checked so far),
+    ``history`` (a ``WatchHistory``: losses, gradient norms in unscaled units, skipped steps, loss scales),
+    ``report`` (the last ``NonFiniteReport`` or None), ``stopped`` (``on_nonfinite="stop"`` ended training: a loop
+    checks ``if watch.stopped: break``), ``policy`` (a ``WatchPolicy``).
 
     ``on_nonfinite="skip"`` drops the bad step's update (its gradients are cleared before the optimizer runs),
     logs the report on the ``nanlab.watch`` logger and goes on; after ``max_skips`` skipped steps in a row the next
@@ -173,11 +147,7 @@ class Watch:
             raise NanlabError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         self.model, self.optimizer, self.training = model, optimizer, training
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self.policy = policy or WatchPolicy()
-        self.step = 0
-        self.history = WatchHistory()
-        self.report: NonFiniteReport | None = None
-        self.stopped = False
+        self.core = WatchCore(policy)
         self._user_loss = loss_fn
         self._ignore_index = _ignore_index_of(loss_fn)
         self._module = model.module if isinstance(model, DistributedDataParallel) else model
@@ -189,18 +159,43 @@ class Watch:
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
         self._bad_labels: torch.Tensor | None = None
-        self._skips_in_a_row = 0
         self._scaler_pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._unscaled = False
+        # Set when the scaler's methods cannot be shadowed (``private.scaler_hooks_missing``): what moved.
+        self._scaler_unhooked: str | None = None
+
+    # -- the surface every watch shares, read from the core ------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.core.step
+
+    @property
+    def history(self) -> WatchHistory:
+        return self.core.history
+
+    @property
+    def report(self) -> NonFiniteReport | None:
+        return self.core.report
+
+    @property
+    def stopped(self) -> bool:
+        return self.core.stopped
+
+    @property
+    def policy(self) -> WatchPolicy:
+        return self.core.policy
 
     # -- attaching -----------------------------------------------------------------------------------------------
     def __enter__(self) -> "Watch":
         self._handles.append(self.model.register_forward_pre_hook(self._record_forward, with_kwargs=True))
         if self._user_loss is None:
             self._handles.append(self.model.register_forward_hook(self._record_output_loss))
-        if self.scaler is not None:
-            for name in SCALER_METHODS:  # shadow the public methods on this instance only; removed on exit
-                setattr(self.scaler, name, getattr(self, f"_scaler_{name}"))
+        self._scaler_unhooked = private.scaler_hooks_missing(self.scaler) if self.scaler is not None else None
+        if self._scaler_unhooked is not None:
+            LOG.warning("nanlab.watch: %s", self._scaler_unhooked)
+        if self.scaler is not None and self._scaler_unhooked is None:
+            private.hook_scaler(self.scaler, {"step": self._scaler_step, "unscale_": self._scaler_unscale_,
+                                              "update": self._scaler_update})
         elif self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
         else:
@@ -213,17 +208,15 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self.scaler is not None:
-            for name in SCALER_METHODS:
-                vars(self.scaler).pop(name, None)
+        if self.scaler is not None and self._scaler_unhooked is None:
+            private.unhook_scaler(self.scaler)
         if self.training is not None:
             self.training.loss_fn = self._user_loss
         self._micro_batches.clear()
         if kind is None and self.step and not self.stopped:
             bad = self._nonfinite_weights()
-            if bad:
-                self.report = conclude(self._update_report(bad, found_at=None))
-                raise NonFiniteError(self.report)
+            if bad:  # found once training is over: nothing left to drop or stop, whatever the policy
+                self.core.fault_at_end(lambda: self._update_report(bad, found_at=None))
 
     # -- what each step records ----------------------------------------------------------------------------------
     def loss_fn(self, output, target, *args, **kwargs):
@@ -242,6 +235,8 @@ class Watch:
                 self._bad_labels = bad_labels if self._bad_labels is None else self._bad_labels + bad_labels
             if self._group is not None:
                 loss = loss * _rank_flag(loss, bad_labels)  # see the module docstring: DistributedDataParallel
+            if self._scaler_unhooked is not None:
+                self._check_loss_now()
         return loss
 
     def _record_forward(self, module, args, kwargs) -> None:
@@ -253,6 +248,8 @@ class Watch:
         loss = loss_of(output)
         if loss is not None and torch.is_grad_enabled() and not self.stopped:
             self._add_loss(loss)
+            if self._scaler_unhooked is not None:
+                self._check_loss_now()
 
     def _add_loss(self, loss: torch.Tensor) -> None:
         value = loss.detach().double().mean()
@@ -272,7 +269,9 @@ class Watch:
         if self.stopped:
             self._drop_gradients()
             return
-        if getattr(optimizer, "found_inf", None) is not None:
+        if private.scaler_is_stepping(optimizer):
+            if self._scaler_unhooked is not None:
+                return  # its gradients are still scaled: the loss checks stand in (see private.scaler_hooks_missing)
             raise NanlabError("a GradScaler is stepping this optimizer (fused): pass it to the watch, "
                               "nanlab.watch(model, optimizer, loss_fn, scaler=scaler)")
         self._check(self._grad_norm(), None, None, drop_update=self._drop_gradients)
@@ -285,14 +284,14 @@ class Watch:
             self._scaler_pending = (self._grad_norm(None if self._unscaled else scale), scale)
             if self._bad_labels is not None and self._group is None:  # under DDP the rank flag has poisoned them
                 self._poison_gradients(self._bad_labels)
-        return type(self.scaler).step(self.scaler, optimizer, *args, **kwargs)
+        return private.scaler_original(self.scaler, "step")(optimizer, *args, **kwargs)
 
     def _scaler_unscale_(self, optimizer) -> None:
         self._unscaled = True  # the gradients are in unscaled units from here until the scaler's update
-        return type(self.scaler).unscale_(self.scaler, optimizer)
+        return private.scaler_original(self.scaler, "unscale_")(optimizer)
 
     def _scaler_update(self, *args, **kwargs) -> None:
-        result = type(self.scaler).update(self.scaler, *args, **kwargs)
+        result = private.scaler_original(self.scaler, "update")(*args, **kwargs)
         self._unscaled = False
         pending, self._scaler_pending = self._scaler_pending, None
         if pending is not None and not self.stopped:
@@ -301,31 +300,38 @@ class Watch:
             self._check(grad_norm, scale, self.scaler.scale(self._one()), drop_update=lambda: None)
         return result
 
+    def _check_loss_now(self) -> None:
+        """The stand-in for the scaler's hooks when they are unavailable: a non-finite loss is a fault at once (the
+        scaler would skip its update silently). One host read per loss."""
+        status = self._read(torch.zeros((), dtype=torch.float64, device=self._one().device), None, None)
+        if not math.isfinite(status.own[LOSS]):
+            self.core.fault(lambda: self._gather(status, overflow=False), drop_update=lambda: None)
+            self._clear_step()
+
     def _check(self, grad_norm: torch.Tensor, scale, scale_after, drop_update: Callable[[], None]) -> None:
         status = self._read(grad_norm, scale, scale_after)
         if status.gradients_nonfinite:
             # float32 norms overflow past ~1.8e19: recompute exactly before calling finite gradients bad. (With a
             # scaler the gradients are unscaled by now: scaler.step unscales them, plain or fused.)
             status = self._read(self._exact_grad_norm(), scale, scale_after)
+        if self._group is not None and not status.gradients_nonfinite:
+            # The gradients are DDP's reduction, the same on every rank, so every rank takes the other branch at
+            # once: the collectives (status exchange, then the reports) run on a bad step only.
+            self._warn_unfolded_loss(status)
+            self._healthy(status)
+            return
         if self._group is not None:
-            # The gradients are DDP's reduction, the same on every rank, so every rank takes this branch at once:
-            # the collectives (status exchange, then the reports) run on a bad step only.
-            if not status.gradients_nonfinite:
-                self._warn_unfolded_loss(status)
-                self._record_healthy(status)
-                return
             status = self._combined(status)
+        own = status.own
         if status.healthy:
-            self._record_healthy(status)
-        elif self.scaler is not None and not status.bad_labels:
-            self.history.skipped_steps.append(self.step)  # the loss scaler skipped this update
-            self.history.loss_scales.append(status.own[SCALE_AFTER])
-            if self.policy.overflow_persists(self.history, self.step):
-                self._fault(status, overflow=True, drop_update=drop_update)
-            self._next_step()
+            self._healthy(status)
+        elif self.scaler is not None and not status.bad_labels:  # the loss scaler skipped this update
+            if self.core.scaler_skipped(own[SCALE_AFTER]):
+                self.core.fault(lambda: self._gather(status, overflow=True), drop_update=lambda: None)
+            self._clear_step()
         else:
-            self._fault(status, overflow=False, drop_update=drop_update)
-            self._next_step()
+            self.core.fault(lambda: self._gather(status, overflow=False), drop_update=drop_update)
+            self._clear_step()
 
     def _read(self, grad_norm, scale, scale_after) -> StepStatus:
         """This rank's status vector: the one host synchronisation of a step (no collective)."""
@@ -356,43 +362,18 @@ class Watch:
                         "gradients, and only a loss computed with watch.loss_fn is folded into them", self.step,
                         torch.distributed.get_rank(self._group), own[LOSS], own[BAD_LABELS])
 
-    def _record_healthy(self, status: StepStatus) -> None:
-        if status.has_loss:
-            self.history.losses.append(status.own[LOSS])
-        self.history.grad_norms.append(status.own[GRAD_NORM])
-        if status.scaled:
-            self.history.loss_scales.append(status.own[SCALE_AFTER])
-        self._skips_in_a_row = 0
-        self._next_step()
+    def _healthy(self, status: StepStatus) -> None:
+        own = status.own
+        self.core.healthy(own[LOSS] if status.has_loss else None, own[GRAD_NORM],
+                          own[SCALE_AFTER] if status.scaled else None)
+        self._clear_step()
 
-    def _next_step(self) -> None:
-        self.step += 1
+    def _clear_step(self) -> None:
         self._micro_batches.clear()
         self._loss_sum, self._loss_count, self._bad_labels = None, 0, None
 
-    def _fault(self, status: StepStatus, overflow: bool, drop_update: Callable[[], None]) -> None:
-        """A bad step: localise it, then raise, stop or skip as the policy says."""
-        report = self._localise(status, overflow)
-        self.report = report
-        policy = self.policy.on_nonfinite
-        cannot_skip = report.phase == "optimizer update" or self._skips_in_a_row >= self.policy.max_skips
-        if policy == "raise" or (policy == "skip" and cannot_skip):
-            if policy == "skip":
-                report.note = " ".join(filter(None, [report.note, (
-                    "Gave up: a weight is already non-finite." if report.phase == "optimizer update" else
-                    f"Gave up after {self.policy.max_skips} skipped steps in a row.")]))
-            raise NonFiniteError(report)
-        drop_update()
-        if self.step not in self.history.skipped_steps:
-            self.history.skipped_steps.append(self.step)
-        if policy == "stop":
-            self.stopped = True
-        else:
-            self._skips_in_a_row += 1
-            LOG.warning("nanlab.watch skipped step %d: %s", self.step, report)
-
-    # -- a bad step: gather the evidence -------------------------------------------------------------------------
-    def _localise(self, status: StepStatus, overflow: bool) -> NonFiniteReport:
+    # -- a bad step: gather the evidence (the core concludes and acts) -------------------------------------------
+    def _gather(self, status: StepStatus, overflow: bool) -> NonFiniteReport:
         bad = self._nonfinite_weights()
         if bad:
             report = self._update_report(bad, found_at=self.step)
@@ -400,26 +381,24 @@ class Watch:
             report = self._base_report(status, overflow)
             bad_step = BadStep(self._module, self._params, self._names, self._user_loss, list(self._micro_batches),
                                scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow)
-            try:
-                from nanlab.frameworks.torch import replay
-            except ImportError as error:  # a torch release moved a private API: report without localisation
-                report.note = (f"Localisation was unavailable ({type(error).__name__}: {error}); the step and "
-                               "phase come from the per-step check.")
-            else:
-                replay.localise(bad_step, report)
+            report = _localised(bad_step, report)
+        if self._scaler_unhooked is not None:
+            report.note = " ".join(filter(None, [report.note, "The loss scaler's steps were not hooked: "
+                                                 f"{self._scaler_unhooked}."]))
         if self._group is not None:
             from nanlab.frameworks.torch import distributed
 
             report = distributed.merge_reports(report, status.suspect_ranks(), self._group)
-        return conclude(report)
+        return report
 
     def _base_report(self, status: StepStatus, overflow: bool) -> NonFiniteReport:
         """What the per-step check alone knows; the replay refines phase, module, op and samples."""
         own = status.own
         loss_nonfinite = status.has_loss and not math.isfinite(own[LOSS])
-        phase = "data" if own[BAD_LABELS] > 0 else "loss" if loss_nonfinite else "backward"
+        phase = Phase.DATA if own[BAD_LABELS] > 0 else Phase.LOSS if loss_nonfinite else Phase.BACKWARD
         report = NonFiniteReport("torch", self.step, phase, losses=list(self.history.losses),
-                                 grad_norms=list(self.history.grad_norms), optimizer=_optimizer_facts(self.optimizer),
+                                 grad_norms=list(self.history.grad_norms),
+                                 optimizer=self._optimizer_facts(own[SCALE] if status.scaled else None),
                                  rank=status.rank if self._group is not None else None)
         if own[BAD_LABELS] > 0:
             report.label_problem = f"{own[BAD_LABELS]:g} class labels out of range"
@@ -429,17 +408,21 @@ class Watch:
             report.skipped_in_a_row = self.history.skipped_in_a_row(self.step) if overflow else 0
         return report
 
+    def _optimizer_facts(self, loss_scale: float | None = None):
+        return optimizer_facts(self.optimizer, self._params, self.scaler, loss_scale=loss_scale)
+
     def _nonfinite_weights(self) -> list[str]:
-        return [self._names[id(p)] for p in self._params if not torch.isfinite(p.detach()).all()]
+        return [self._names[id(p)] for p in self._params if not torch.isfinite(checkable(p)).all()]
 
     def _update_report(self, bad: list[str], found_at: int | None) -> NonFiniteReport:
         name = type(self.optimizer).__name__ if self.optimizer is not None else "the optimizer"
         step = self.step if found_at is None else found_at
-        report = NonFiniteReport("torch", max(step - 1, 0), "optimizer update", module=name, op="step",
-                                 parameter=bad[0], recurrent=is_recurrent(bad[0]), losses=list(self.history.losses),
-                                 grad_norms=list(self.history.grad_norms), optimizer=_optimizer_facts(self.optimizer))
-        dtype = next(p.dtype for p in self._params if self._names[id(p)] == bad[0])
-        report.dtype, report.dtype_max = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).max)
+        report = NonFiniteReport("torch", max(step - 1, 0), Phase.OPTIMIZER, module=name, op="step",
+                                 op_family=op_family("step", OP_FAMILIES), parameter=bad[0],
+                                 recurrent=is_recurrent(bad[0]), losses=list(self.history.losses),
+                                 grad_norms=list(self.history.grad_norms), optimizer=self._optimizer_facts())
+        report.dtype = dtype_name(next(p.dtype for p in self._params if self._names[id(p)] == bad[0]))
+        report.dtype_max = dtype_max(report.dtype)
         if found_at is not None:
             report.note = (f"Found at step {found_at}, when the loss or gradients went non-finite: the update of "
                            f"step {max(found_at - 1, 0)} (or an earlier one, if `{bad[0]}` took no part since) made "
@@ -461,7 +444,7 @@ class Watch:
         grads = self._gradients()
         if not grads:
             return torch.zeros((), dtype=torch.float64, device=self._one().device)
-        norms = [torch.linalg.vector_norm(g) for g in grads]
+        norms = [torch.linalg.vector_norm(checkable(g)) for g in grads]
         device = norms[0].device  # a model split over devices: its norms meet on the first one
         norm = torch.linalg.vector_norm(torch.stack([n if n.device == device else n.to(device) for n in norms]))
         return norm.double() / scale if scale is not None else norm.double()
@@ -470,7 +453,7 @@ class Watch:
         grads = self._gradients()
         if not grads:
             return torch.zeros((), dtype=torch.float64, device=self._one().device)
-        return torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]).norm()
+        return torch.stack([torch.linalg.vector_norm(checkable(g), dtype=torch.float64) for g in grads]).norm()
 
     def _drop_gradients(self) -> None:
         """Drop this step's update: the optimizer skips parameters without a gradient."""
@@ -484,28 +467,28 @@ class Watch:
         grads = self._gradients()
         if not grads:
             return
-        smallest = min(grads, key=lambda g: g.numel())
+        smallest = min(grads, key=lambda g: (g.dtype in FLOAT8, g.numel()))  # float8 has no add_ on the CPU
         if bad_labels is None:
             smallest.fill_(math.nan)
+        elif smallest.dtype in FLOAT8:
+            smallest.copy_(torch.where(bad_labels > 0, math.nan, smallest.float()))
         else:
             smallest.add_(torch.where(bad_labels > 0, math.nan, 0.0))
 
 
-def loss_of(output) -> torch.Tensor | None:
-    """The loss a model computed in its forward (Hugging Face style), or None.
+def _localised(bad: BadStep, report: NonFiniteReport) -> NonFiniteReport:
+    """``report`` filled by the replay; unchanged but for a note when the replay is unavailable (a torch release
+    moved a private API it uses: ``nanlab.frameworks.torch.private``)."""
+    trial = copy.deepcopy(report)
+    try:
+        from nanlab.frameworks.torch import replay
 
-    A scalar tensor; a dict (or ``ModelOutput``) with ``"loss"``; a tuple or list whose first element is a scalar
-    tensor; an object with a ``.loss`` tensor.
-    """
-    if isinstance(output, dict):
-        candidate = output.get("loss")
-    elif isinstance(output, (tuple, list)):
-        candidate = output[0] if output and isinstance(output[0], torch.Tensor) and output[0].dim() == 0 else None
-    elif isinstance(output, torch.Tensor):
-        candidate = output if output.dim() == 0 else None
-    else:
-        candidate = getattr(output, "loss", None)
-    return candidate if isinstance(candidate, torch.Tensor) and candidate.is_floating_point() else None
+        replay.localise(bad, trial)
+    except (ImportError, AttributeError) as error:
+        report.note = (f"Localisation was unavailable ({type(error).__name__}: {error}); the step and phase come "
+                       "from the per-step check.")
+        return report
+    return trial
 
 
 def _rank_flag(loss: torch.Tensor, bad_labels: torch.Tensor | None) -> torch.Tensor:
@@ -514,7 +497,7 @@ def _rank_flag(loss: torch.Tensor, bad_labels: torch.Tensor | None) -> torch.Ten
     Multiplied into the loss under DistributedDataParallel: ``x * 1.0`` is exact (healthy training is bit-identical),
     and a NaN factor makes this rank's gradients NaN, which DDP's reduction hands to every rank. No host sync.
     """
-    healthy = torch.isfinite(loss.detach()).all()
+    healthy = torch.isfinite(checkable(loss)).all()
     if bad_labels is not None:
         healthy = healthy & (bad_labels == 0)
     return torch.where(healthy, 1.0, math.nan).to(loss.dtype)
@@ -523,8 +506,7 @@ def _rank_flag(loss: torch.Tensor, bad_labels: torch.Tensor | None) -> torch.Ten
 def _class_ids(output, target) -> bool:
     """``target`` holds class ids for ``output``'s class dimension (dim 1, as ``F.cross_entropy`` reads it)."""
     return (isinstance(target, torch.Tensor) and isinstance(output, torch.Tensor) and output.is_floating_point()
-            and output.dim() >= 2 and not target.is_floating_point() and not target.is_complex()
-            and target.dtype != torch.bool and tuple(target.shape) == (output.shape[0], *output.shape[2:]))
+            and class_id_targets(dtype_kind(target.dtype), tuple(target.shape), tuple(output.shape), class_axis=1))
 
 
 def _ignore_index_of(loss_fn) -> int:
@@ -547,27 +529,12 @@ def _process_group(model: nn.Module):
     return None
 
 
-def _optimizer_facts(optimizer) -> dict:
-    """The optimizer's class and first parameter group's settings (numbers only, JSON-ready)."""
-    if optimizer is None:
-        return {}
-    facts: dict[str, Any] = {"name": type(optimizer).__name__}
-    for key, value in optimizer.param_groups[0].items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            facts[key] = value
-        elif isinstance(value, tuple) and all(isinstance(item, (int, float)) for item in value):
-            facts[key] = list(value)
-    return facts
-
-
-def watch(model, optimizer=None, loss_fn=None, training=None, **options) -> Watch:
-    """``nanlab.watch`` for a ``torch.nn.Module`` (or a nanlab ``Training``); ``options`` as ``Watch`` documents."""
+def watch(model, optimizer=None, loss_fn=None, training=None, *, policy: WatchPolicy, **options) -> Watch:
+    """``nanlab.watch`` for a ``torch.nn.Module`` (or a nanlab ``Training``): ``policy`` is the ``WatchPolicy``
+    ``nanlab.watch`` built, ``options`` this framework's own (``OPTIONS``: ``scaler``)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for PyTorch; valid: {', '.join(OPTIONS)}")
-    policy = WatchPolicy(**{name: options[name] for name in POLICY_OPTIONS if name in options})
     if training is not None and not isinstance(training, Training):
         raise NanlabError(f"training must be a nanlab Training, got {type(training).__name__}")
     scaler = options.get("scaler", getattr(training, "scaler", None))  # a nanlab Training may carry its scaler
