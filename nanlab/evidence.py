@@ -147,15 +147,28 @@ def inspect_labels(y, num_classes: int | None = None, ignore_index: int | None =
     )
 
 
-def label_problem(y, num_classes: int | None, ignore_index: int | None = IGNORE_INDEX
-                  ) -> tuple[str, list[int]] | None:
+def implied_outputs(target_shape: tuple, num_classes: int | None) -> tuple:
+    """The shape of the outputs a ``num_classes``-way classifier gives for targets of ``target_shape``, classes last
+    (Keras' ``(n, 1)`` labels stand for ``(n,)``): how a caller without the outputs in hand asks
+    ``class_id_targets``, whose answer then rests on the targets' dtype and the loss alone."""
+    target_shape = tuple(target_shape)
+    if len(target_shape) > 1 and target_shape[-1] == 1:
+        target_shape = target_shape[:-1]
+    return (*target_shape, num_classes)
+
+
+def label_problem(y, num_classes: int | None, ignore_index: int | None = IGNORE_INDEX,
+                  sparse_loss: bool = False) -> tuple[str, list[int]] | None:
     """For the targets of one batch: a phrase naming what is wrong and the offending samples, or None when fine.
 
-    Lenient: targets that are not class ids at all (float one-hot or regression targets) are not judged here.
+    Lenient: targets that are not class ids (``class_id_targets``: floating targets are class ids only under a
+    sparse categorical loss, ``sparse_loss``; booleans never) are not judged here: float one-hot rows, soft targets
+    and regression targets pass.
     """
+    kind = np.asarray(_to_numpy(y)).dtype.kind  # before as_array, which reads booleans as 0/1
     labels = as_array(y, "y")
-    if labels.dtype.kind == "f" and (labels.ndim > 1 and labels.shape[1:] != (1,) * (labels.ndim - 1)
-                                     or not np.all(np.isfinite(labels) & (labels == np.round(labels)))):
+    if not class_id_targets(kind, labels.shape, implied_outputs(labels.shape, num_classes), class_axis=-1,
+                            sparse_loss=sparse_loss):
         return None
     findings = inspect_labels(labels, num_classes, ignore_index)
     phrase = findings.phrase()

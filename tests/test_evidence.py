@@ -55,3 +55,13 @@ def test_nanlab_scan_defaults_to_the_evidence_modules_ignore_index():
 def test_a_report_phrase_names_each_bad_value_once():
     phrase = inspect_labels(np.array([-1, -1, 0, -1, 1, -1]), num_classes=2).phrase()
     assert phrase == "labels outside 0..1 (label -1 at sample 0, 1, 3, 5)"
+
+
+def test_label_problem_asks_class_id_targets_floats_only_under_a_sparse_loss():
+    floats = np.array([0.0, 1.0, 9.0])
+    assert label_problem(floats, 5) is None, "float targets are not class ids unless the loss is sparse categorical"
+    assert label_problem(floats, 5, ignore_index=None, sparse_loss=True)[1] == [2]
+    assert label_problem(np.array([True, False, True]), 2) is None, "booleans are never class ids"
+    assert label_problem(np.array([[0], [7]]), 5)[1] == [1], "Keras' (n, 1) integer labels are class ids"
+    smoothed = np.full((2, 3), 0.1 / 3) + np.eye(3)[[0, 2]] * 0.9
+    assert label_problem(smoothed, 3, sparse_loss=False) is None

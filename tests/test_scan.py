@@ -124,3 +124,80 @@ def test_ignore_index_padding_is_not_a_negative_label_nor_out_of_range():
 def test_bad_ignore_index_is_rejected():
     with pytest.raises(NanlabError, match="ignore_index must be an integer or None"):
         nanlab.scan(np.zeros((2, 2)), np.zeros(2), ignore_index="pad")
+
+
+# -- targets are read by dtype and by what the caller says of the loss, never by shape alone --------------------------
+def one_hot(labels, classes):
+    return np.eye(classes, dtype=np.float32)[labels]
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_one_hot_and_label_smoothed_targets_scan_clean(num_classes):
+    x, y = clean_data()
+    hard = one_hot(y, 3)
+    smoothed = hard * 0.9 + 0.1 / 3  # label smoothing 0.1, as keras' and torch's cross-entropy apply it
+    for targets in (hard, smoothed):
+        report = nanlab.scan(x, targets, num_classes=num_classes)
+        assert report.clean and report.targets == "distributions", str(report)
+        assert report.label_problems == [] and report.bad_target_rows == []
+
+
+def test_an_integer_one_hot_matrix_is_read_as_rows_when_num_classes_says_so():
+    x, y = clean_data()
+    hard = one_hot(y, 3).astype(np.int64)
+    hard[7] = [0, 2, 0]
+    report = nanlab.scan(x, hard, num_classes=3)
+    assert report.targets == "distributions" and report.bad_target_rows == [7], str(report)
+
+
+def test_a_soft_target_row_off_one_or_negative_is_named_by_sample():
+    x, y = clean_data()
+    soft = one_hot(y, 3) * 0.9 + 0.1 / 3
+    soft[12] = [0.5, 0.5, 0.3]  # sums to 1.3
+    soft[20] = [1.2, -0.1, -0.1]  # sums to 1, but not a distribution
+    soft[33] = [np.nan, 0.5, 0.5]
+    report = nanlab.scan(x, soft, num_classes=3)
+    assert report.targets == "distributions" and report.bad_target_rows == [12, 20, 33], str(report)
+    assert "target rows not summing to 1 in samples 12 (sums 1.3)" in str(report)
+    assert "target rows with negative entries in samples 20" in str(report)
+    assert "non-finite targets in samples 33" in str(report)
+    assert report.label_problems == [] and report.bad_label_samples == [], "no row is called a non-integer label"
+
+
+def test_soft_targets_streamed_from_a_dataloader_keep_global_indices():
+    torch = pytest.importorskip("torch")
+    x, y = clean_data()
+    soft = one_hot(y, 3) * 0.8 + 0.2 / 3
+    soft[29] *= 2.0
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(soft)),
+                                         batch_size=8)
+    report = nanlab.scan(loader, progress=False)
+    assert report.targets == "distributions" and report.bad_target_rows == [29], str(report)
+
+
+def test_a_two_column_regression_head_is_not_read_as_classes():
+    """(n, 2) float targets (a mean and a spread) are neither class ids nor distributions: regression targets."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 6))
+    targets = np.stack([rng.normal(size=40), rng.uniform(0.5, 2.0, size=40)], axis=1)
+    report = nanlab.scan(x, targets)
+    assert report.targets == "regression" and report.clean, str(report)
+
+
+def test_float_targets_are_class_ids_only_when_num_classes_says_so():
+    """Integral floats without num_classes are regression targets (counts, -1/0/+1 scores): no label check."""
+    x, _ = clean_data()
+    scores = np.tile([-1.0, 0.0, 3.0, 1.0], 10)
+    report = nanlab.scan(x, scores)
+    assert report.targets == "regression" and report.clean, str(report)
+    as_ids = nanlab.scan(x, scores, num_classes=3)
+    assert as_ids.targets == "class ids" and as_ids.label_problems == ["negative labels", "labels >= num_classes (3)"]
+    integers = nanlab.scan(x, scores.astype(np.int64))
+    assert integers.targets == "class ids" and integers.label_problems == ["negative labels"], "integers: as before"
+
+
+def test_a_numpy_scan_loads_no_framework():
+    code = ("import sys, numpy as np, nanlab; nanlab.scan(np.zeros((4, 2)), np.eye(2)[[0, 1, 1, 0]], progress=False);"
+            " print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
