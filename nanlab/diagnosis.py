@@ -54,6 +54,13 @@ def narrow_range(report) -> bool:
     return limit is not None and limit <= NARROW_RANGE_MAX
 
 
+def overflowed(report) -> bool:
+    """The failing op's own result, recomputed in a wider dtype, passed its dtype's limit (``report.max_abs``): an
+    overflow (a square or a quotient too large to hold), which a zero elsewhere among its inputs did not cause."""
+    limit = range_limit(report)
+    return report.max_abs is not None and limit is not None and report.max_abs > limit
+
+
 def rank(report) -> list[Verdict]:
     """Every verdict the catalogue's rules give on ``report``, most specific first (ties in catalogue order)."""
     from nanlab.registry import list_causes

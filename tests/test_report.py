@@ -170,3 +170,17 @@ def test_a_report_round_trips_through_its_dict_to_the_same_verdict():
     again = NonFiniteReport.from_dict(report.to_dict())
     assert again == report
     assert conclude(again).cause == conclude(report).cause == "fp16-adam-epsilon"
+
+
+def test_an_overflowing_power_with_a_zero_among_its_inputs_is_no_division_by_zero():
+    """A square is a power: with a 0 somewhere in its input and a result past float32's range (recomputed wider,
+    ``max_abs``), it overflowed; the zero did not divide anything."""
+    fields = dict(phase="loss", op="square", op_family=OpFamily.POW, value="inf", dtype="float32",
+                  dtype_max=3.4028234663852886e38, op_inputs=[stats(zeros=1, max_abs=3e25)],
+                  grad_norms=[1.0, 30.0, 900.0, 3e4])
+    overflow = conclude(NonFiniteReport("tensorflow", 4, max_abs=9e50, **fields))
+    assert "division-by-zero" not in overflow.verdicts and overflow.cause == "high-learning-rate", str(overflow)
+    reciprocal = conclude(NonFiniteReport("torch", 4, op="pow", op_family=OpFamily.POW, value="inf", phase="forward",
+                                          dtype="float32", dtype_max=3.4028234663852886e38, max_abs=2.0,
+                                          op_inputs=[stats(zeros=1, max_abs=2.0)]))
+    assert reciprocal.cause == "division-by-zero", str(reciprocal)
