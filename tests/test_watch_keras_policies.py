@@ -57,7 +57,9 @@ def test_stop_ends_fit_cleanly_and_checkpoints_keep_the_weights_from_before_the_
     watch = nanlab.watch(model, on_nonfinite="stop")
     survived = fit_with(model, watch, tmp_path / "watch")
     assert watch.stopped and watch.report is not None and watch.report.cause == "high-learning-rate"
-    assert watch.step == watch.report.step == len(watch.history.losses) > 2
+    # the watch's core: a stopped step is counted and recorded as skipped (its update never happened)
+    assert watch.step == watch.report.step + 1 and watch.report.step == len(watch.history.losses) > 2
+    assert watch.history.skipped_steps == [watch.report.step]
     assert survived == {"ended": True, "backup kept": False, "checkpoint finite": True, "model finite": True}
     assert "train_step" not in model.__dict__ and "apply" not in model.optimizer.__dict__
 
@@ -90,7 +92,7 @@ def test_skip_drops_the_bad_update_and_goes_on(caplog):
     model = mlp(0.05)
     watch = nanlab.watch(model, on_nonfinite="skip")
     x, y = poisoned([5 * BATCH + 7])
-    with caplog.at_level(logging.WARNING, logger="nanlab"):
+    with caplog.at_level(logging.WARNING, logger="nanlab.watch"):
         history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
     assert watch.history.skipped_steps == [5] and watch.step == 16 and len(watch.history.losses) == 15
     assert watch.report.phase == "data" and watch.report.samples == [7] and watch.report.step == 5
@@ -112,7 +114,8 @@ def test_skip_gives_up_after_max_skips_in_a_row():
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
                   callbacks=[nanlab.watch(model, on_nonfinite="skip", max_skips=3)])
     report = raised.value.report
-    assert report.step == 6 and "Gave up after 3 skipped steps in a row" in str(report)
+    # steps 4, 5 and 6 skipped (max_skips=3), the fourth bad step in a row (7) gives up: the core's count
+    assert report.step == 7 and "Gave up after 3 skipped steps in a row" in str(report)
     assert finite(model)
 
 

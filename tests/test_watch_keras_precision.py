@@ -157,7 +157,7 @@ def test_the_range_is_measured_at_the_op_not_the_layer_output():
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
     report = raised.value.report
     assert (report.module, report.op, report.value, report.dtype) == ("softplus", "exp", "inf", "float16")
-    largest_input = report.op_inputs[0]["max_abs"]
+    largest_input = report.op_inputs[0].max_abs
     assert 11.1 < largest_input < 88.7, "past float16's exp range, far inside float32's"
     assert report.max_abs == pytest.approx(np.exp(largest_input), rel=0.05) and report.max_abs > 65504.0
 

@@ -1,60 +1,82 @@
-"""Replay of one failed TensorFlow/Keras step, to say where it went non-finite and which samples carry it.
+"""Replay of one bad TensorFlow/Keras step, to say where it went non-finite and which samples carry it.
 
-Loaded by the watch only when a step goes bad, and the only module of nanlab that touches TensorFlow's and Keras'
-private APIs: the eager op-callback hook that ``tf.debugging.enable_check_numerics`` is built on
-(``tensorflow.python.framework.op_callbacks``), used so that ops which write -inf on purpose (masks) can be passed
+Loaded by the watch only when a step goes bad. With ``private`` it is the only code of nanlab that touches
+TensorFlow's and Keras' internals: the eager op-callback hook that ``tf.debugging.enable_check_numerics`` is built
+on (``tensorflow.python.framework.op_callbacks``), used so that ops which write -inf on purpose (masks) can be passed
 over and an op's inputs inspected, and ``Layer._flatten_layers``, to reach every nested layer. A release that moves
-them breaks localisation, never training with the watch attached.
+them breaks localisation, never training with the watch attached (``private`` names what moved).
 
-The step runs again eagerly (every ``tf.function`` too, XLA included) from the variables saved before it, under
-each layer's own dtype policy (mixed precision replays in float16) and with the loss scaled as the optimizer scaled
-it: the batch is checked for non-finite values and out-of-range class labels, then the forward pass layer by layer
-with every op watched, the loss, the gradients, and finally the optimizer's update.
+The step runs again eagerly (every ``tf.function`` too, XLA included) from the variables as the step began (the
+watch held its update back and put back what its forward pass changed, and puts every variable back after the
+replay), under each layer's own dtype policy (mixed precision replays in float16) and with the loss scaled as the
+optimizer scaled it: the batch is checked for non-finite values and out-of-range class labels, then the forward pass
+layer by layer with every op watched, the loss, the gradients, and finally the optimizer's update. A backward
+culprit (a gradient op that turned finite values non-finite) is traced to the forward op whose gradient it computes:
+its layer is the report's module, its inputs the report's ``op_inputs``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from tensorflow.python.framework import op_callbacks
 
 from nanlab.evidence import HUGE_TARGET_SCALE, label_problem, listed, symmetric_labels
+from nanlab.frameworks.tensorflow import private
 from nanlab.frameworks.tensorflow.backend import keras, tf
-from nanlab.frameworks.tensorflow.watch import HALF_RANGES, FailedStep, are_class_ids, variable_path
+from nanlab.frameworks.tensorflow.names import OP_FAMILIES, class_ids, dtype_name, layer_path, variable_path
+from nanlab.frameworks.tensorflow.records import BadStep
 from nanlab.report import NonFiniteReport, is_recurrent
+from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, InputStats, OpFamily, Phase, op_family
+
+op_callbacks = private.op_callbacks()  # ImportError (PrivateAPIMoved) naming it when TensorFlow moved it
 
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
-FILL_OPS = {"SelectV2", "Select", "Fill", "TensorScatterUpdate"}
+FILL_OPS = {name for name, family in OP_FAMILIES.items() if family == OpFamily.FILL}
 LOSS_PATH = "loss"
 LABELS_NOTE = "TensorFlow raises on such labels on CPU, and returns NaN on GPU or under XLA."
+MAX_ROW_REPLAYS = 256  # samples recomputed one at a time when the loss reduced over the batch
 
 
-def replay(step: FailedStep) -> NonFiniteReport:
-    """Fill ``step.report`` by replaying the step eagerly; the caller restores the variables afterwards."""
+def localise(bad: BadStep, report: NonFiniteReport) -> None:
+    """Fill ``report`` (made by the per-step check) by replaying the step eagerly; the watch puts the variables
+    back afterwards."""
     eager = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(True)
     try:
-        _replay(step)
+        _replay(bad, report)
     finally:
         tf.config.run_functions_eagerly(eager)
-    return step.report
+    report.op_family = op_family(report.op, OP_FAMILIES)
 
 
 @dataclass
 class BadOp:
-    """The first op that turned good inputs into NaN/Inf, with the layer running it and the rows it spoiled."""
+    """The first op that turned good inputs into NaN/Inf, with the layer running it and the rows it spoiled.
+
+    In the backward pass, ``producer`` is the forward op whose gradient it computes (``ForwardRecord``)."""
 
     op: str
     value: str
-    inputs: list[dict]
+    inputs: list[InputStats]
     dtype: str
     layer: object | None
     rows: list[int]
     occurrence: int = 0  # how many ops of this type its layer ran before it (to find it again in float32)
+    producer: "ForwardOp | None" = None
 
 
-def _replay(step: FailedStep) -> None:
-    report, x, y = step.report, step.x, step.y
+@dataclass
+class ForwardOp:
+    """One op of a recorded forward pass: its type, the layer that ran it (None in the loss) and its tensors."""
+
+    op: str
+    layer: object | None
+    inputs: list = field(default_factory=list)
+    in_loss: bool = False
+
+
+def _replay(step: BadStep, report: NonFiniteReport) -> None:
+    x, y = step.x, step.y
     batch = _batch_size(x)
     report.batch_size = batch
     report.input_max_abs = _input_max_abs(x)
@@ -64,7 +86,8 @@ def _replay(step: FailedStep) -> None:
             report.huge_targets = float(tf.reduce_max(tf.abs(tf.cast(y, tf.float64)))) > HUGE_TARGET_SCALE
     bad_rows = _nonfinite_rows(tf.nest.flatten(x) + tf.nest.flatten(y), batch)
     if bad_rows:
-        report.phase, report.samples = "data", bad_rows
+        report.phase, report.samples = Phase.DATA, bad_rows
+        report.label_problem = None
         report.data_findings = [f"non-finite values in samples {listed(bad_rows)}"]
         return
     if step.forward is None:
@@ -72,16 +95,18 @@ def _replay(step: FailedStep) -> None:
                       "forward pass to replay)."
         return
 
-    layers = list(step.model._flatten_layers(include_self=False)) if isinstance(step.model, keras.Layer) else []
+    layers, moved = private.flatten_layers(step.model) if isinstance(step.model, keras.Layer) else ([], None)
+    if moved:
+        report.note = moved
     tracer = _LayerTracer(layers, batch)
     forward, targets = _forward_and_targets(step)
     with tf.GradientTape() as tape:
         tape.watch([t for t in targets if isinstance(t, tf.Tensor)])  # values under tf.distribute
         with tracer, _OpRecorder(tracer, batch) as forward_ops:
             y_pred = forward(x)
-        problem = _label_problem(y, y_pred)
+        problem = _label_problem(y, y_pred, step.sparse_loss)
         if problem is not None:
-            report.phase, report.label_problem, report.samples = "data", problem[0], problem[1]
+            report.phase, report.label_problem, report.samples = Phase.DATA, problem[0], problem[1]
             report.data_findings, report.note = [problem[0]], LABELS_NOTE
             return
         loss = None
@@ -93,10 +118,10 @@ def _replay(step: FailedStep) -> None:
     if forward_ops.found is not None or tracer.culprit is not None:
         _fill_forward(report, step.model, forward_ops.found, tracer)
     elif loss is not None and not _finite(loss):
-        report.phase, report.module = "loss", LOSS_PATH
+        report.phase, report.module = Phase.LOSS, LOSS_PATH
         if loss_ops.found is not None:
             _fill_op(report, loss_ops.found)
-        report.samples = [i for i in range(batch) if not _finite(step.compute_loss(
+        report.samples = [i for i in range(min(batch, MAX_ROW_REPLAYS)) if not _finite(step.compute_loss(
             _row(x, i, batch), _row(y, i, batch), _row(y_pred, i, batch), None))]
     if loss is None:
         return
@@ -104,26 +129,48 @@ def _replay(step: FailedStep) -> None:
     bad = [v for v, g in zip(step.trainable, gradients) if g is not None and not _finite(g)]
     if bad:
         report.parameter = variable_path(bad[-1], step.model)  # backprop reaches the last layer's variables first
-        if report.phase not in ("forward", "loss"):
-            report.phase, report.module = "backward", report.parameter.rsplit("/", 1)[0]
-            with tf.GradientTape() as again:
-                again.watch([t for t in targets if isinstance(t, tf.Tensor)])
-                again_loss = step.scale_loss(step.compute_loss(x, y, forward(x), step.sample_weight))
-            with _OpRecorder(None, batch) as backward_ops:
-                again.gradient(again_loss, targets)
-            if backward_ops.found is not None:
-                _fill_op(report, backward_ops.found)
-                if report.dtype is not None:
-                    report.max_abs = max((entry["max_abs"] for entry in report.op_inputs), default=None)
-    elif report.phase not in ("forward", "loss") and targets is step.trainable:
+        if report.phase not in (Phase.FORWARD, Phase.LOSS):
+            report.phase, report.module = Phase.BACKWARD, report.parameter.rsplit("/", 1)[0]
+            _fill_backward(report, step, forward, targets, tracer, batch)
+    elif report.phase not in (Phase.FORWARD, Phase.LOSS) and targets is step.trainable:
         step.apply(gradients, step.trainable)
         updated_bad = [v for v in step.trainable if not _finite(v)]
-        report.phase, report.module, report.op = "optimizer update", step.optimizer_name, "apply_gradients"
+        report.phase, report.module, report.op = Phase.OPTIMIZER, step.optimizer_name, "apply_gradients"
         report.parameter = variable_path(updated_bad[0], step.model) if updated_bad else None
     report.recurrent = report.recurrent or is_recurrent(report.module) or is_recurrent(report.parameter)
 
 
-def _forward_and_targets(step: FailedStep):
+def _fill_backward(report: NonFiniteReport, step: BadStep, forward, targets, tracer: "_LayerTracer",
+                   batch: int) -> None:
+    """Run forward and backward again, the forward recorded op by op, the backward watched: the first gradient op
+    that turned finite values non-finite, traced to the forward op (and so the layer) whose gradient it computes."""
+    record = ForwardRecord()
+    with tf.GradientTape() as again:
+        again.watch([t for t in targets if isinstance(t, tf.Tensor)])
+        with tracer, _OpRecorder(tracer, batch, record=record):
+            y_pred = forward(step.x)
+        with _OpRecorder(None, batch, record=record, in_loss=True):
+            again_loss = step.scale_loss(step.compute_loss(step.x, step.y, y_pred, step.sample_weight))
+    with _OpRecorder(None, batch, forward=record) as backward_ops:
+        again.gradient(again_loss, targets)
+    found = backward_ops.found
+    if found is None:
+        return
+    _fill_op(report, found)
+    if report.dtype is not None:
+        report.max_abs = max((entry.max_abs for entry in found.inputs if entry.max_abs is not None), default=None)
+    producer = found.producer
+    if producer is not None:
+        report.op_inputs = [_stats(t.numpy(), dtype_name(t.dtype)) for t in _floats(producer.inputs)]
+        if producer.layer is not None:
+            report.module = layer_path(producer.layer, step.model)
+            report.module_kind = type(producer.layer).__name__
+        elif producer.in_loss:
+            report.module = LOSS_PATH
+    report.samples = found.rows
+
+
+def _forward_and_targets(step: BadStep):
     """The forward pass and what to differentiate against: the variables; or, under a tf.distribute strategy with
     several replicas (whose variables refuse a tape outside a replica), their current values, passed through
     Keras' ``stateless_call``."""
@@ -140,10 +187,10 @@ def _forward_and_targets(step: FailedStep):
 
 
 def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "_LayerTracer") -> None:
-    report.phase = "forward"
+    report.phase = Phase.FORWARD
     layer = found.layer if found is not None and found.layer is not None else (
         tracer.culprit[0] if tracer.culprit is not None else None)
-    report.module = _layer_path(layer, model) if layer is not None else getattr(model, "name", None)
+    report.module = layer_path(layer, model) if layer is not None else getattr(model, "name", None)
     if found is not None:
         _fill_op(report, found)
     if tracer.culprit is not None and tracer.culprit[0] is layer:
@@ -160,12 +207,13 @@ def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "
 
 def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
     report.op, report.value, report.op_inputs = found.op, found.value, found.inputs
-    if found.dtype in HALF_RANGES:
-        report.dtype, report.dtype_max = found.dtype, HALF_RANGES[found.dtype]
+    report.op_family = op_family(found.op, OP_FAMILIES)
+    if found.dtype in HALF_PRECISION:
+        report.dtype, report.dtype_max = found.dtype, DTYPE_MAX[found.dtype]
 
 
-def _label_problem(y, y_pred):
-    if not are_class_ids(y, y_pred):
+def _label_problem(y, y_pred, sparse_loss: bool):
+    if not class_ids(y, y_pred, sparse_loss) or y_pred.shape[-1] is None:
         return None
     return label_problem(y, int(y_pred.shape[-1]), ignore_index=None)  # Keras has no padding label
 
@@ -210,16 +258,53 @@ class _LayerTracer:
         return traced
 
 
+class ForwardRecord:
+    """Every op of a forward pass, by the ids of the tensors it wrote and read (the tensors are held, so no id is
+    reused while the record lives): what a backward op is traced back to."""
+
+    def __init__(self):
+        self.writers: dict[int, ForwardOp] = {}
+        self.readers: dict[int, list[ForwardOp]] = {}
+        self._held: list = []
+
+    def add(self, entry: ForwardOp, outputs) -> None:
+        self._held.append((entry, outputs))
+        for tensor in outputs or ():
+            self.writers[id(tensor)] = entry
+        for tensor in entry.inputs:
+            self.readers.setdefault(id(tensor), []).append(entry)
+
+    def differentiated(self, gradient_op: str, inputs) -> ForwardOp | None:
+        """The forward op whose gradient ``gradient_op`` computes. A ``...Grad`` op (``SqrtGrad``, ``TanhGrad``)
+        reads that op's output first; any other (``RealDiv``, ``Reciprocal``, ``Mul``) reads that op's inputs: the
+        op of the same family that read one of them (a division's for a division, a log's for a reciprocal), else
+        the last op that read one, else the op that wrote one."""
+        inputs = list(inputs or ())
+        if gradient_op.endswith("grad") and inputs and id(inputs[0]) in self.writers:
+            return self.writers[id(inputs[0])]
+        family = OP_FAMILIES.get(gradient_op)
+        wanted = {family} | ({OpFamily.LOG} if family == OpFamily.DIV else set())
+        readers = [entry for tensor in inputs for entry in self.readers.get(id(tensor), [])]
+        same = [entry for entry in readers if OP_FAMILIES.get(entry.op) in wanted]
+        if same or readers:
+            return (same or readers)[-1]
+        return next((self.writers[id(t)] for t in inputs if id(t) in self.writers), None)
+
+
 class _OpRecorder:
     """While active, watches every eager op and keeps the first that turned good inputs into NaN/Inf (``found``).
 
-    The callback reads tensors with NumPy only: running TensorFlow ops inside it would call it again.
+    With ``record`` (a ``ForwardRecord``), it also keeps every op it sees; given the ``forward`` record, a backward
+    recorder traces its culprit to the forward op whose gradient it computes. The callback reads tensors with NumPy only: running TensorFlow
+    ops inside it would call it again.
     """
 
-    def __init__(self, tracer: _LayerTracer | None, batch: int):
+    def __init__(self, tracer: _LayerTracer | None, batch: int, record: "ForwardRecord | None" = None,
+                 in_loss: bool = False, forward: "ForwardRecord | None" = None):
         self.tracer, self.batch = tracer, batch
         self.found: BadOp | None = None
         self.counts: dict[tuple[int, str], int] = {}
+        self.record, self.in_loss, self.forward = record, in_loss, forward
 
     def __enter__(self):
         op_callbacks.add_op_callback(self._callback)
@@ -229,22 +314,27 @@ class _OpRecorder:
         op_callbacks.remove_op_callback(self._callback)
 
     def _callback(self, op_type, inputs, attrs, outputs, op_name=None, graph=None):
-        if self.found is not None or graph is not None or op_type in FILL_OPS or (self.tracer and
-                                                                                   self.tracer.checking):
+        if graph is not None or (self.tracer and self.tracer.checking):
             return None
         layer = self.tracer.stack[-1] if self.tracer and self.tracer.stack else None
+        if self.record is not None:
+            self.record.add(ForwardOp(op_type.lower(), layer, list(inputs or ()), self.in_loss), outputs)
+        if self.found is not None or op_type.lower() in FILL_OPS:
+            return None
         occurrence = self.counts.get((id(layer), op_type), 0)
         self.counts[id(layer), op_type] = occurrence + 1
         floats = [t for t in outputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
         outs = [t.numpy() for t in floats]
         bad = [i for i, a in enumerate(outs) if not np.isfinite(a).all()]
-        ins = [t.numpy() for t in inputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
+        float_inputs = [t for t in inputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
+        ins = [t.numpy() for t in float_inputs]
         if bad and _turned_bad([outs[i] for i in bad], ins):
             first = outs[bad[0]]
-            rows = sorted(set(np.nonzero(~np.isfinite(first.reshape(first.shape[0], -1)))[0].tolist())) \
-                if first.ndim and first.shape[0] == self.batch else []
-            self.found = BadOp(op_type.lower(), _kind(first), [_stats(a) for a in ins], floats[bad[0]].dtype.name,
-                               layer, rows, occurrence)
+            rows = _rows(first, self.batch)
+            producer = self.forward.differentiated(op_type.lower(), inputs) if self.forward is not None else None
+            self.found = BadOp(op_type.lower(), _kind(first),
+                               [_stats(a, dtype_name(t.dtype)) for a, t in zip(ins, float_inputs)],
+                               dtype_name(floats[bad[0]].dtype), layer, rows, occurrence, producer)
         return None
 
 
@@ -252,7 +342,7 @@ def _magnitude_in_float32(layer, args, kwargs, found: BadOp) -> float | None:
     """How far past its half type's range the failing op really went: ``layer`` runs again from the same inputs
     with every sublayer in float32, and the same op (the same occurrence of its type in that layer) is read. None
     when the layer cannot run in float32, or its op overflows float32 too."""
-    layers = [layer] + list(layer._flatten_layers(include_self=False))
+    layers = [layer] + private.flatten_layers(layer)[0]
     policies = [sublayer.dtype_policy for sublayer in layers]
     as_float32 = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if _is_tensor(t) and t.dtype.is_floating
                                        else t, (args, kwargs))
@@ -280,13 +370,6 @@ def _magnitude_in_float32(layer, args, kwargs, found: BadOp) -> float | None:
     if len(seen) <= found.occurrence or not np.isfinite(seen[found.occurrence]).all():
         return None
     return float(seen[found.occurrence].max()) if seen[found.occurrence].size else None
-
-
-def _layer_path(layer, model) -> str:
-    """``layer``'s path inside ``model`` (``block/attention``), without the model's own name."""
-    path = getattr(layer, "path", None) or layer.name
-    prefix = f"{getattr(model, 'name', '')}/"
-    return path[len(prefix):] if path.startswith(prefix) else path
 
 
 def _input_max_abs(x) -> float | None:
@@ -318,6 +401,7 @@ def _row(structure, index: int, batch: int):
                                  t.shape[0] == batch else t, structure)
 
 
+# -- framework-neutral helpers on NumPy arrays (the PyTorch replay has the same ones) ------------------------------
 def _turned_bad(outputs: list[np.ndarray], inputs: list[np.ndarray]) -> bool:
     """True when this is where it went wrong: NaN out of NaN-free inputs, or Inf out of finite ones."""
     if any(np.isnan(a).any() for a in outputs):
@@ -331,18 +415,27 @@ def _kind(array: np.ndarray) -> str:
     return "-inf" if (array == -np.inf).any() else "inf"
 
 
-def _stats(array: np.ndarray) -> dict:
-    """What a rule may ask of an op's input: any exact 0, any negative, the largest finite magnitude."""
-    finite = np.abs(array[np.isfinite(array)])
-    return {"zeros": bool((array == 0).any()), "negatives": bool((array < 0).any()),
-            "max_abs": float(finite.max()) if finite.size else 0.0}
+def _stats(array: np.ndarray, dtype: str) -> InputStats:
+    """An op input as the numbers a rule reads (``InputStats``); None where the input has no finite value."""
+    array = np.asarray(array)
+    finite = array[np.isfinite(array)].astype(np.float64)
+    magnitudes = np.abs(finite)
+    return InputStats(dtype=dtype, size=int(array.size), zeros=int(np.count_nonzero(array == 0)),
+                      negatives=int(np.count_nonzero(array < 0)), nonfinite=int(array.size - finite.size),
+                      min=float(finite.min()) if finite.size else None, max=float(finite.max()) if finite.size else None,
+                      min_abs=float(magnitudes.min()) if finite.size else None,
+                      max_abs=float(magnitudes.max()) if finite.size else None)
+
+
+def _rows(array: np.ndarray, batch: int) -> list[int]:
+    """The batch rows of ``array`` holding a non-finite value ([] when its first axis is not the batch)."""
+    if not array.ndim or array.shape[0] != batch:
+        return []
+    return np.flatnonzero(~np.isfinite(array.reshape(batch, -1)).all(axis=1)).tolist()
 
 
 def _nonfinite_rows(tensors, batch: int) -> list[int]:
     rows: set[int] = set()
     for tensor in _floats(tensors):
-        if tensor.shape.rank == 0 or tensor.shape[0] != batch:
-            continue
-        flat = tf.reshape(tf.convert_to_tensor(tensor), (batch, -1))
-        rows.update(tf.where(~tf.reduce_all(tf.math.is_finite(flat), axis=1))[:, 0].numpy().tolist())
+        rows.update(_rows(np.asarray(tensor), batch))
     return sorted(rows)

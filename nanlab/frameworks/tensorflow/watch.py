@@ -1,65 +1,69 @@
 """``nanlab.watch`` for TensorFlow/Keras, the cheap per-step layer: a callback for ``model.fit`` and a context for
 GradientTape loops (a ``keras.Model``, a ``tf.Module`` or a list of ``tf.Variable``s, with a Keras optimizer).
 
-While training is healthy the watch works inside the step itself, with no host traffic: it copies the variables
-(model and optimizer) and the batch into shadow variables before the step, and it fills one float64 status vector
-(``STATUS``): the step's loss, the norm of the gradients the optimizer was given (in the loss's own units: divided by
-the loss scale under a ``LossScaleOptimizer``), the number of out-of-range class labels, and the loss scale. It reads
-that vector once per step (one host synchronisation); nothing runs per layer.
+While training is healthy the watch works inside the step itself, with no host traffic. It fills one float64 status
+vector (``STATUS``): the step's loss, the norm of the gradients the optimizer was given (in the loss's own units:
+divided by the loss scale under a ``LossScaleOptimizer``), the number of out-of-range class labels, the loss scale
+the step used and the one after it. It reads that vector once per step (one host synchronisation); nothing runs per
+layer.
+
+The check decides before the update, as the PyTorch watch does: the watched ``optimizer.apply`` measures the
+gradients and applies the update only when the loss, the gradients and the labels are fine (under a loss scaler,
+also when the gradients overflowed: the scaler then skips the step itself, as it should). So at a bad step the
+trainable weights and the optimizer's state are still those the step began with, and nothing is copied for them.
+What the forward pass itself changes is small and copied before each step: the model's non-trainable variables
+(BatchNorm's moving statistics, dropout's seed state; the frozen layers' weights are left out) and the metrics'
+variables (fit's running loss); a bad step's values are put back from those copies. The batch is kept too (a
+replay runs it again). A weight that an update made non-finite from finite gradients (Adam's epsilon in float16)
+shows at the next step, whose loss or gradients it spoils: the watch then checks the trainable weights (on that bad
+step only) and reports the previous step's update.
 
 Integer labels are checked before the loss runs: the bad ones are counted and replaced by class 0 for that step,
-whose update the watch then undoes. So an out-of-range label becomes a report on every device, instead of an
-``InvalidArgumentError`` on CPU and a silent NaN on GPU or under XLA.
+whose update is then held back. So an out-of-range label becomes a report on every device, instead of an
+``InvalidArgumentError`` on CPU and a silent NaN on GPU or under XLA. Whether targets are class ids is decided by
+``nanlab.evidence.class_id_targets``: integer targets by their shape, floating ones only under a sparse categorical
+loss (a regression head's float targets never are).
 
-On a bad step the watch imports ``replay`` (the only module that touches TensorFlow's and Keras' private APIs) to
-localise it; when that import fails, training with the watch still works and the report says localisation was
-unavailable. What happens next follows the ``WatchPolicy`` (``on_nonfinite="raise" | "stop" | "skip"``). Under mixed
-precision an overflow the loss scaler skips is expected: it is recorded in ``history.skipped_steps``, and only an
-overflow that persists (``WatchPolicy.overflow_persists``) is a fault.
+At a bad step the watch hands the ``WatchCore`` (``nanlab.watching.core``) a function that gathers the evidence:
+it imports ``replay`` (which, with ``private``, holds every TensorFlow and Keras internal nanlab touches) to
+localise the step from a snapshot taken then, and puts every variable back afterwards; when that import fails,
+training with the watch still works and the report says localisation was unavailable. The core concludes and
+raises, stops or skips as the ``WatchPolicy`` says. Under mixed precision an overflow the loss scaler skips is
+expected: it is recorded in ``history.skipped_steps``, and only an overflow that persists is a fault.
 """
 from __future__ import annotations
 
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from nanlab.errors import NanlabError, NonFiniteError
+from nanlab.frameworks.tensorflow import private
 from nanlab.frameworks.tensorflow.backend import keras, tf
-from nanlab.report import NonFiniteReport, conclude
-from nanlab.watching import WatchHistory, WatchPolicy
+from nanlab.frameworks.tensorflow.names import (OP_FAMILIES, class_ids, dtype_name, is_sparse_loss, optimizer_facts,
+                                                variable_path)
+from nanlab.frameworks.tensorflow.records import BadStep
+from nanlab.report import NonFiniteReport
+from nanlab.watching.core import WatchCore
+from nanlab.watching.policy import WatchHistory, WatchPolicy
+from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, Phase, op_family
 
-LOGGER = logging.getLogger("nanlab")
-STATUS = ("loss", "gradient norm", "bad labels", "loss scale")
+LOG = logging.getLogger("nanlab.watch")
+OPTIONS: tuple[str, ...] = ()
+STATUS = ("loss", "gradient norm", "bad labels", "loss scale after", "loss scale used", "losses seen")
+LOSS, GRAD_NORM, BAD_LABELS, SCALE_AFTER, SCALE, LOSSES_SEEN = range(len(STATUS))
 ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                     aggregation=tf.VariableAggregation.SUM)  # per replica under tf.distribute; read as their sum
 PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                    aggregation=tf.VariableAggregation.NONE)
-HALF_RANGES = {"float16": 65504.0, "bfloat16": float(tf.bfloat16.max)}  # the largest finite value of each
 MIRRORED = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+UPDATE_NOTE = "The weights stay as that update left them (the watch keeps one step's copy)."
 
 
-@dataclass
-class FailedStep:
-    """What the replay needs to run a failed step again: everything as it was before the step."""
-
-    report: NonFiniteReport
-    model: object
-    trainable: list
-    x: object
-    y: object
-    sample_weight: object
-    forward: Callable | None
-    compute_loss: Callable | None
-    scale_loss: Callable
-    apply: Callable
-    optimizer_name: str
-
-
-class KerasWatch(keras.callbacks.Callback):
+class Watch(keras.callbacks.Callback):
     """``model.fit(..., callbacks=[nanlab.watch(model)])``, or, around a GradientTape loop::
 
         with nanlab.watch(model, optimizer, loss_fn) as watch:
@@ -70,8 +74,10 @@ class KerasWatch(keras.callbacks.Callback):
                     break
 
     ``model`` is a ``keras.Model``, a callable ``tf.Module`` or a list of ``tf.Variable``s; a nanlab ``Training`` is
-    watched with ``with nanlab.watch(training):``. ``step`` counts the steps checked, ``history`` holds their losses,
-    gradient norms, skipped steps and loss scales, ``report`` the first bad step's ``NonFiniteReport``.
+    watched with ``with nanlab.watch(training):``. The attributes are the PyTorch watch's: ``step`` (steps checked
+    so far), ``history`` (a ``WatchHistory``: losses, gradient norms in unscaled units, skipped steps, loss scales),
+    ``report`` (the last ``NonFiniteReport`` or None), ``stopped`` (``on_nonfinite="stop"`` ended training: ``fit``
+    ends through ``stop_training``, a loop checks ``if watch.stopped: break``) and ``policy`` (a ``WatchPolicy``).
     """
 
     def __init__(self, model, optimizer: keras.optimizers.Optimizer | None = None, loss_fn: Callable | None = None,
@@ -79,18 +85,41 @@ class KerasWatch(keras.callbacks.Callback):
         super().__init__()
         self.watched = _watchable(model)
         self.optimizer, self.training = optimizer, training
-        self.policy = policy or WatchPolicy()
-        self.step = 0
-        self.history = WatchHistory()
-        self.report: NonFiniteReport | None = None
-        self.stopped = False
+        self.core = WatchCore(policy)
         self._user_loss = loss_fn
+        self._sparse_loss = is_sparse_loss(loss_fn)
         self._built = False
         self._fitting = False
         self._batch = None
         self._user_batches = None
         self._open = False
+        self._original_apply = None
+        self._ran: set[str] = set()  # which shadowed methods ran (set while tracing): see private.HOOKS
+        self._moved: set[str] = set()  # the shadowed methods found not to run: the hooks that moved
+        self._checked_hooks = False
+        self._state_saved = False
         _refuse_steps_per_execution(self.watched)
+
+    # -- the surface every watch shares, read from the core ------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.core.step
+
+    @property
+    def history(self) -> WatchHistory:
+        return self.core.history
+
+    @property
+    def report(self) -> NonFiniteReport | None:
+        return self.core.report
+
+    @property
+    def stopped(self) -> bool:
+        return self.core.stopped
+
+    @property
+    def policy(self) -> WatchPolicy:
+        return self.core.policy
 
     # -- what is watched -----------------------------------------------------------------------------------------
     @property
@@ -106,15 +135,36 @@ class KerasWatch(keras.callbacks.Callback):
             return [v for v in self.watched if v.trainable]
         return list(self.watched.trainable_variables)
 
-    def _variables(self) -> list:
-        """Every variable a step changes: the model's (and, for a keras.Model, its metrics', so that a skipped
-        step leaves no NaN in fit's running loss) and the optimizer's."""
+    def _forward_state(self) -> list:
+        """What a forward pass changes besides the weights: the non-trainable variables (BatchNorm's moving
+        statistics, seed states) except the floating weights of frozen layers, which a forward pass leaves alone,
+        and, for a keras.Model, its metrics' variables (fit's running loss)."""
+        if isinstance(self.watched, list):
+            return [v for v in self.watched if not v.trainable]
+        if not isinstance(self.watched, keras.Layer):
+            return [v for v in self.watched.variables if not v.trainable]
+        layers, _ = private.flatten_layers(self.watched, include_self=True)
+        frozen = {id(v) for layer in layers if not layer.trainable for v in layer.weights
+                  if tf.as_dtype(v.dtype).is_floating}
+        state, seen = [], set()
+        for v in list(self.watched.non_trainable_variables) + list(getattr(self.watched, "metrics_variables", [])):
+            if id(v) not in frozen and id(v) not in seen:
+                seen.add(id(v))
+                state.append(v)
+        return state
+
+    def _all_variables(self) -> list:
+        """Every variable a step or a replay may change: the model's, the optimizer's and the metrics'."""
         own = self.watched if isinstance(self.watched, list) else list(self.watched.variables)
         optimizer = self._optimizer
-        stepped = own + (list(optimizer.variables) if optimizer is not None else [])
-        # Metrics last: a metric built after the shadows were made only goes uncopied, never misaligns the rest.
-        return stepped + [v for v in getattr(self.watched, "metrics_variables", [])
-                          if not any(v is other for other in stepped)]
+        every = own + (list(optimizer.variables) if optimizer is not None and optimizer.built else [])
+        every += list(getattr(self.watched, "metrics_variables", []))
+        unique, seen = [], set()
+        for v in every:
+            if id(v) not in seen:
+                seen.add(id(v))
+                unique.append(v)
+        return unique
 
     def _scaler(self):
         """The ``LossScaleOptimizer`` in charge, or None without mixed precision."""
@@ -123,7 +173,7 @@ class KerasWatch(keras.callbacks.Callback):
 
     # -- the per-step machinery ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        """Create the shadows and the status once, under the model's distribution strategy."""
+        """Create the forward state's copies and the status once, under the model's distribution strategy."""
         if self._built:
             return
         if not self._trainable():
@@ -134,11 +184,10 @@ class KerasWatch(keras.callbacks.Callback):
             with self._strategy.scope():
                 optimizer.build(self._trainable())
         with self._strategy.scope():
-            variables = self._variables()
-            self._shadows = [tf.Variable(tf.zeros(v.shape, v.dtype), **MIRRORED) for v in variables]
-            self._step_loss = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
-            self._step_norm = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
-            self._step_bad_labels = tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING)
+            self._state = self._forward_state()
+            self._state_copies = [tf.Variable(tf.zeros(v.shape, v.dtype), **MIRRORED) for v in self._state]
+            self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm, self._step_scale = (
+                tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING) for _ in range(5))
             self._status = tf.Variable(tf.zeros(len(STATUS), tf.float64), **ACCUMULATING)
         self._batch_vars = None
         # Fresh functions per watch (not tf.function of the methods, which TensorFlow counts as one function
@@ -148,26 +197,29 @@ class KerasWatch(keras.callbacks.Callback):
         self._built = True
 
     def _begin_step(self) -> None:
-        """Copy every variable into its shadow and zero the step's accumulators (inside the step's graph)."""
-        for shadow, variable in zip(self._shadows, self._variables()):
-            shadow.assign(_read(variable))
-        for accumulator in (self._step_loss, self._step_norm, self._step_bad_labels):
+        """Copy the forward state and zero the step's accumulators (inside the step's graph)."""
+        for copy, variable in zip(self._state_copies, self._state):
+            copy.assign(_read(variable))
+        for accumulator in (self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm,
+                            self._step_scale):
             accumulator.assign(tf.zeros((), tf.float64))
 
     def _publish_status(self) -> None:
         """``STATUS`` in one vector; under tf.distribute each replica adds its share, so replicated values divide."""
         replicas = tf.cast(self._strategy.num_replicas_in_sync, tf.float64)
         scaler = self._scaler()
-        scale = tf.cast(scaler.dynamic_scale, tf.float64) if scaler is not None else tf.zeros((), tf.float64)
+        after = tf.cast(scaler.dynamic_scale, tf.float64) if scaler is not None else tf.zeros((), tf.float64)
         self._status.assign(tf.stack([self._step_loss.read_value(), self._step_norm.read_value() / replicas,
-                                      self._step_bad_labels.read_value(), scale / replicas]))
+                                      self._step_bad_labels.read_value(), after / replicas,
+                                      self._step_scale.read_value() / replicas, self._step_losses_seen.read_value()]))
 
     def _record_loss(self, loss) -> None:
         self._step_loss.assign_add(tf.cast(tf.reduce_sum(loss), tf.float64))
+        self._step_losses_seen.assign_add(tf.ones((), tf.float64))
 
     def _checked_labels(self, y, y_pred):
-        """``y`` with out-of-range class ids counted and replaced by 0 (the step is then undone and reported)."""
-        if not are_class_ids(y, y_pred):
+        """``y`` with out-of-range class ids counted and replaced by 0 (the step's update is then held back)."""
+        if not class_ids(y, y_pred, self._sparse_loss) or y_pred.shape[-1] is None:
             return y
         num_classes = int(y_pred.shape[-1])
         bad = tf.logical_or(y < 0, y >= tf.cast(num_classes, y.dtype))
@@ -175,151 +227,193 @@ class KerasWatch(keras.callbacks.Callback):
         return tf.where(bad, tf.zeros_like(y), y)
 
     def _watch_optimizer(self) -> None:
-        """Record the norm of the gradients the optimizer is given, in the same graph as its update."""
+        """Decide in the optimizer's ``apply``, before the update, whether to apply it (``private.hook_apply``)."""
         optimizer = self._optimizer
-        if optimizer is None or "apply" in optimizer.__dict__:
+        if optimizer is None:
             return
-        original = optimizer.apply
-
-        def apply(grads, trainable_variables=None):
-            self._record_gradient_norm(grads)
-            return original(grads, trainable_variables)
-
-        optimizer.apply = apply
+        original = private.hook_apply(optimizer, self._watched_apply)
+        if original is not None:
+            self._original_apply = original
 
     def _unwatch_optimizer(self) -> None:
         optimizer = self._optimizer
-        if optimizer is not None:
-            optimizer.__dict__.pop("apply", None)
+        if optimizer is not None and self._original_apply is not None:
+            private.unhook_apply(optimizer)
 
-    def _record_gradient_norm(self, grads) -> None:
-        grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+    def _watched_apply(self, grads, trainable_variables=None):
+        self._ran.add("apply")
+        grads = list(grads)
+        go = self._status_before_update(grads)
+        apply = self._original_apply
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None:
+            # As LossScaleOptimizer does under tf.distribute: a cond whose branch calls merge_call (the update
+            # does) must run in the cross-replica context; every replica computed the same decision.
+            def cross_replica(distribution, go, grads, variables):
+                first = distribution.experimental_local_results(go)[0]
+                tf.cond(first, lambda: distribution.extended.call_for_each_replica(apply, args=(grads, variables)),
+                        lambda: None)
+
+            context.merge_call(cross_replica, args=(go, grads, trainable_variables))
+        else:
+            tf.cond(go, lambda: apply(grads, trainable_variables), lambda: None)
+
+    def _status_before_update(self, grads) -> tf.Tensor:
+        """Record the norm of the gradients the optimizer is given, in the same graph as its update, and return
+        whether to apply the update: loss, gradients and labels fine (under a loss scaler also an overflow of the
+        gradients, which the scaler skips itself)."""
+        present = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        loss, bad_labels = self._step_loss.read_value(), self._step_bad_labels.read_value()
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the gradient of the global batch
-        norm = global_norm(grads)
+            # the gradient of the global batch; the loss and the bad labels of every replica
+            present = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
+            loss, bad_labels = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, bad_labels])
+        norm = global_norm(present)
         scaler = self._scaler()
         if scaler is not None:
-            norm = norm / tf.cast(scaler.dynamic_scale, tf.float64)  # in the loss's own units
+            scale = tf.cast(scaler.dynamic_scale, tf.float64)
+            norm = norm / scale  # in the loss's own units
+            self._step_scale.assign(scale)
         self._step_norm.assign(norm)
+        labels_fine = tf.equal(bad_labels, 0.0)
+        finite_norm = tf.math.is_finite(norm)
+        if scaler is not None:
+            return tf.logical_and(labels_fine, tf.logical_or(tf.math.is_finite(loss), tf.logical_not(finite_norm)))
+        return tf.logical_and(labels_fine, tf.logical_and(tf.math.is_finite(loss), finite_norm))
 
     # -- the one host synchronisation per step -------------------------------------------------------------------
     def _check(self) -> None:
-        loss, norm, bad_labels, scale = self._status.numpy().tolist()
-        step = self.step
-        scaler = self._scaler()
-        if scaler is not None:
-            self.history.loss_scales.append(scale)
-        if bad_labels == 0 and math.isfinite(loss) and math.isfinite(norm):
-            self.history.losses.append(loss)
-            self.history.grad_norms.append(norm)
-            self.step += 1
+        status = self._status.numpy().tolist()
+        self._check_hooks()
+        has_loss = status[LOSSES_SEEN] > 0
+        loss, norm, bad_labels = status[LOSS], status[GRAD_NORM], status[BAD_LABELS]
+        scaled = self._scaler() is not None
+        if bad_labels == 0 and (math.isfinite(loss) or not has_loss) and math.isfinite(norm):
+            self.core.healthy(loss if has_loss else None, norm, status[SCALE_AFTER] if scaled else None)
             return
-        if scaler is not None and bad_labels == 0:
-            # The loss scaler skipped this update itself: expected now and then, a fault once it persists.
-            self.history.skipped_steps.append(step)
-            if not self.policy.overflow_persists(self.history, step):
-                self.step += 1
-                return
-            self._fault(loss, norm, overflow=True)
-        else:
-            self._fault(loss, norm, overflow=False)
+        overflow = scaled and bad_labels == 0 and not math.isfinite(norm)
+        if overflow and not self.core.scaler_skipped(status[SCALE_AFTER]):
+            return  # the loss scaler skipped this update itself: expected now and then
+        self._fault(status, overflow)
 
-    def _fault(self, loss: float, norm: float, overflow: bool) -> None:
-        report = self._diagnose(loss, norm, overflow)
-        self.report = report
-        if self.policy.on_nonfinite == "stop":
-            self.stopped = True
-            if self._fitting:
-                self.watched.stop_training = True
+    def _check_hooks(self) -> None:
+        """Once, at the end of the first step: every shadowed method ran; one that did not is a hook that moved."""
+        if self._checked_hooks:
             return
-        if self.policy.on_nonfinite == "skip":
-            if not overflow:
-                self.history.skipped_steps.append(self.step)
-            in_a_row = self.history.skipped_in_a_row(self.step)
-            if in_a_row < self.policy.max_skips:
-                LOGGER.warning("nanlab.watch skipped step %d: %s", self.step, report)
-                self.step += 1
-                return
-            report.note = ((report.note + " ") if report.note else "") + f"Gave up after {in_a_row} skipped steps " \
-                                                                         "in a row."
-        self._detach()
-        raise NonFiniteError(report)
+        self._checked_hooks = True
+        expected = (["train_step", "compute_loss"] if self._fitting else []) + \
+            (["apply"] if self._original_apply is not None else [])
+        consequences = {
+            "train_step": "fit's batches are no longer kept for a replay, nor is the forward pass's state put back",
+            "compute_loss": "the loss and the class labels are no longer checked (the gradients still are)",
+            "apply": "bad updates are no longer held back, so a bad step's update stays applied",
+        }
+        for name in expected:
+            if name not in self._ran:
+                self._moved.add(name)
+                LOG.warning("nanlab.watch: %s", private.moved(private.HOOKS[name], consequences[name]))
 
-    def _diagnose(self, loss: float, norm: float, overflow: bool) -> NonFiniteReport:
-        """Replay the step (leaving the variables as they were before it) and conclude; without the replay module,
-        say so and still restore the variables."""
-        report = NonFiniteReport("tensorflow", self.step, _cheap_phase(loss, norm), losses=list(self.history.losses),
-                                 grad_norms=list(self.history.grad_norms), norm_name="gradient norm")
-        report.optimizer = self._optimizer_facts()
-        scaler = self._scaler()
-        if scaler is not None:
-            report.loss_scale = self.history.loss_scales[-1]
-            report.skipped_in_a_row = self.history.skipped_in_a_row(self.step)
-        spoiled = self._spoiled_before_step()
+    def _fault(self, status: list[float], overflow: bool) -> None:
+        try:
+            self.core.fault(lambda: self._gather(status, overflow), _held_back)
+        except NonFiniteError:
+            self._detach()
+            raise
+        if self.core.stopped and self._fitting:
+            self.watched.stop_training = True
+
+    # -- a bad step: gather the evidence -------------------------------------------------------------------------
+    def _gather(self, status: list[float], overflow: bool) -> NonFiniteReport:
+        """The evidence of the bad step: the forward state is put back first (the update was held back), then the
+        replay runs from a snapshot of every variable, which is put back afterwards."""
+        self._restore_state()
+        report = self._base_report(status, overflow)
+        spoiled = self._nonfinite_weights()
         if spoiled:
-            return conclude(self._bad_update_report(report, spoiled))
+            return self._update_report(report, spoiled)
+        if "train_step" in self._moved:
+            report.note = "Localisation was unavailable: " + private.moved(
+                private.HOOKS["train_step"], "fit's batch was not kept for a replay.")
+            return report
         try:
             from nanlab.frameworks.tensorflow import replay
         except ImportError as missing:
-            self._restore()
             report.note = f"Localisation was unavailable (the replay could not import: {missing})."
-            return conclude(report)
-        self._restore()
-        replay.replay(self._failed_step(report))
-        self._restore()  # the replay's forward pass may have moved BatchNorm statistics or the loss scale
+            return report
+        snapshot = [(v, tf.identity(_read(v))) for v in self._all_variables()]
+        try:
+            replay.localise(self._bad_step(status, overflow), report)
+        finally:
+            for variable, value in snapshot:
+                variable.assign(value)
         if overflow and report.dtype is None:
             report.note = "The loss scaler kept skipping, but the replay found no op past its dtype's range."
-        return conclude(report)
-
-    def _spoiled_before_step(self) -> list:
-        """Trainable variables that were already non-finite when this step began (read from their copies, on
-        failure only): then the previous step's update made them so, with finite loss and gradients."""
-        trainable = {id(v) for v in self._trainable()}
-        return [v for v, shadow in zip(self._variables(), self._shadows)
-                if id(v) in trainable and not np.isfinite(shadow.numpy()).all()]
-
-    def _bad_update_report(self, report: NonFiniteReport, spoiled: list) -> NonFiniteReport:
-        """The previous step's optimizer update is the fault; its weights from before it are no longer kept."""
-        report.step = max(self.step - 1, 0)
-        report.phase, report.op = "optimizer update", "apply_gradients"
-        report.module = report.optimizer.get("name")
-        report.parameter = variable_path(spoiled[0], self.watched)
-        dtype = spoiled[0].dtype.name if hasattr(spoiled[0].dtype, "name") else str(spoiled[0].dtype)
-        if dtype in HALF_RANGES:
-            report.dtype, report.dtype_max = dtype, HALF_RANGES[dtype]
-        report.note = "The weights stay as that update left them (the watch keeps one step's copy)."
+        if "apply" in self._moved:
+            report.note = " ".join(filter(None, [report.note, "This step's update was applied: " + private.moved(
+                private.HOOKS["apply"], "the watch could not hold it back.")]))
         return report
 
-    def _optimizer_facts(self) -> dict:
-        """What the cause rules may ask of the optimizer, as plain numbers and names."""
-        optimizer = self._optimizer
-        if optimizer is None:
-            return {}
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
-        facts = {"name": type(inner).__name__, "learning_rate": float(np.asarray(inner.learning_rate))}
-        for name in ("epsilon", "beta_1", "beta_2", "momentum", "clipnorm", "global_clipnorm", "clipvalue"):
-            value = getattr(inner, name, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                facts[name] = float(value)
-        trainable = self._trainable()
-        if trainable:
-            facts["param_dtype"] = tf.as_dtype(trainable[0].dtype).name
-        return facts
+    def _base_report(self, status: list[float], overflow: bool) -> NonFiniteReport:
+        """What the status vector alone says; the replay refines phase, module, op and samples."""
+        has_loss = status[LOSSES_SEEN] > 0
+        bad_labels = status[BAD_LABELS]
+        phase = Phase.DATA if bad_labels > 0 else (
+            Phase.LOSS if has_loss and not math.isfinite(status[LOSS]) else Phase.BACKWARD)
+        scaled = self._scaler() is not None
+        history = self.core.history
+        report = NonFiniteReport("tensorflow", self.core.step, phase, losses=list(history.losses),
+                                 grad_norms=list(history.grad_norms), norm_name="gradient norm",
+                                 optimizer=optimizer_facts(self._optimizer, self._trainable(),
+                                                           status[SCALE] if scaled else None))
+        if bad_labels > 0:
+            report.label_problem = f"{bad_labels:g} class labels out of range"
+            report.data_findings = [report.label_problem]
+        if scaled:
+            report.loss_scale = status[SCALE_AFTER]
+            report.skipped_in_a_row = history.skipped_in_a_row(self.core.step)
+        return report
 
-    def _restore(self) -> None:
-        for variable, shadow in zip(self._variables(), self._shadows):
-            variable.assign(_read(shadow))
+    def _nonfinite_weights(self) -> list:
+        """The trainable variables that are non-finite now (read on a bad step only): the update of an earlier
+        step made them so, from finite loss and gradients."""
+        return [v for v in self._trainable() if not np.isfinite(np.asarray(_read(v))).all()]
 
-    def _failed_step(self, report: NonFiniteReport) -> FailedStep:
+    def _update_report(self, report: NonFiniteReport, spoiled: list) -> NonFiniteReport:
+        """The previous step's optimizer update is the fault; the weights cannot be put back from before it."""
+        report.step = max(self.core.step - 1, 0)
+        report.phase, report.op = Phase.OPTIMIZER, "apply_gradients"
+        report.op_family = op_family(report.op, OP_FAMILIES)
+        report.module = report.optimizer.kind if report.optimizer is not None else None
+        report.parameter = variable_path(spoiled[0], self.watched)
+        report.label_problem, report.data_findings = None, []
+        dtype = dtype_name(spoiled[0].dtype)
+        if dtype in HALF_PRECISION:
+            report.dtype, report.dtype_max = dtype, DTYPE_MAX[dtype]
+        report.note = UPDATE_NOTE
+        return report
+
+    def _restore_state(self) -> None:
+        """Put back what the bad step's forward pass changed (the update itself was held back)."""
+        if self._fitting and "train_step" in self._moved and not self._state_saved:
+            return  # the first step of a fit whose step hook moved: nothing was copied before it
+        for variable, copy in zip(self._state, self._state_copies):
+            variable.assign(_read(copy))
+
+    def _bad_step(self, status: list[float], overflow: bool) -> BadStep:
         x, y, sample_weight = self._saved_batch()
-        scaler = self._scaler()
         optimizer = self._optimizer
-        return FailedStep(report=report, model=self.watched, trainable=self._trainable(), x=x, y=y,
-                          sample_weight=sample_weight, forward=self._forward(), compute_loss=self._loss_for_replay(),
-                          scale_loss=scaler.scale_loss if scaler is not None else (lambda loss: loss),
-                          apply=optimizer.apply,
-                          optimizer_name=type(getattr(scaler, "inner_optimizer", optimizer)).__name__)
+        scaler = self._scaler()
+        if scaler is not None:
+            used = tf.constant(status[SCALE], tf.float32)
+            scale_loss = lambda loss: keras.ops.multiply(loss, used)  # noqa: E731 (the scale the step used)
+        else:
+            scale_loss = lambda loss: loss  # noqa: E731
+        return BadStep(model=self.watched, trainable=self._trainable(), x=x, y=y, sample_weight=sample_weight,
+                       forward=self._forward(), compute_loss=self._loss_for_replay(), scale_loss=scale_loss,
+                       apply=self._original_apply or optimizer.apply,
+                       optimizer_name=type(getattr(scaler, "inner_optimizer", optimizer)).__name__,
+                       sparse_loss=self._sparse_loss, overflow=overflow)
 
     def _forward(self) -> Callable | None:
         if isinstance(self.watched, keras.Model):
@@ -358,14 +452,25 @@ class KerasWatch(keras.callbacks.Callback):
         self._build()
         self._fitting = True
         self._batch_vars = None  # sized afresh by this fit's first batch
-        self._original_train_step = model.train_step
-        self._original_compute_loss = model.compute_loss
-        model.train_step = self._watched_train_step
-        model.compute_loss = self._watched_compute_loss
+        self._sparse_loss = is_sparse_loss(getattr(model, "loss", None))
+        self._ran.clear()
+        self._moved.clear()
+        self._checked_hooks = False
+        self._state_saved = False
+        for accumulator in (self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm,
+                            self._step_scale):
+            accumulator.assign(tf.zeros((), tf.float64))
+        try:
+            self._original_train_step, self._original_compute_loss = private.hook_train_step(
+                model, self._watched_train_step, self._watched_compute_loss)
+        except private.PrivateAPIMoved as moved:
+            LOG.warning("nanlab.watch: %s", moved)
+            self._original_train_step, self._original_compute_loss = model.train_step, model.compute_loss
         self._watch_optimizer()
-        model.train_function = None  # rebuilt by fit around the watched step
+        private.rebuild_train_function(model)  # fit builds its step function around the watched step
 
     def _watched_train_step(self, data):
+        self._ran.add("train_step")
         self._save_batch(data)
         self._begin_step()
         logs = self._original_train_step(data)
@@ -373,6 +478,7 @@ class KerasWatch(keras.callbacks.Callback):
         return logs
 
     def _watched_compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+        self._ran.add("compute_loss")
         y = _map_targets(self._checked_labels, y, y_pred)
         loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs)
         if loss is not None:
@@ -402,9 +508,17 @@ class KerasWatch(keras.callbacks.Callback):
             self._batch_vars = [_batch_buffer(t, compiled) for t in flat]
             self._batch_rows = tf.Variable(0, dtype=tf.int32, **PER_REPLICA)
 
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        if "train_step" in self._moved:  # fit no longer runs the watched step: copy and zero from here
+            self._open_fn()
+            self._state_saved = True
+
     def on_train_batch_end(self, batch, logs=None) -> None:
-        if not self.stopped:
-            self._check()
+        if self.stopped:
+            return
+        if "train_step" not in self._ran:
+            self._close_fn()  # fit did not run the watched step (a hook that moved): publish from here
+        self._check()
 
     def on_train_end(self, logs=None) -> None:
         self._detach()
@@ -412,17 +526,18 @@ class KerasWatch(keras.callbacks.Callback):
     def _detach(self) -> None:
         """Give the model back its own train step, loss and optimizer (a later fit without the watch is plain)."""
         if self._fitting:
-            self.watched.__dict__.pop("train_step", None)
-            self.watched.__dict__.pop("compute_loss", None)
-            self.watched.train_function = None
+            private.unhook_train_step(self.watched)
+            private.rebuild_train_function(self.watched)
             self._fitting = False
         self._unwatch_optimizer()
-        if self.training is not None and self._user_batches is not None:
-            self.training.loss_fn, self.training.batches = self._user_loss, self._user_batches
-            self._user_batches = None
+        if self.training is not None:
+            self.training.compiled_update = None  # traced afresh, around the optimizer's own apply
+            if self._user_batches is not None:
+                self.training.loss_fn, self.training.batches = self._user_loss, self._user_batches
+                self._user_batches = None
 
     # -- GradientTape loops --------------------------------------------------------------------------------------
-    def __enter__(self) -> "KerasWatch":
+    def __enter__(self) -> "Watch":
         if self.optimizer is None:
             raise NanlabError("nanlab.watch around a GradientTape loop needs its optimizer: "
                               "nanlab.watch(model, optimizer, loss_fn)")
@@ -430,6 +545,7 @@ class KerasWatch(keras.callbacks.Callback):
         self._watch_optimizer()
         self._user_batches = None
         if self.training is not None:
+            self.training.compiled_update = None  # traced afresh, around the watched apply
             self.training.loss_fn = self.loss_fn
             self._user_batches = self.training.batches
             self.training.batches = self._watched_batches()
@@ -453,7 +569,7 @@ class KerasWatch(keras.callbacks.Callback):
 
     @contextmanager
     def checked_step(self, x, y):
-        """One training step of a GradientTape loop: the variables are copied before it and checked after it."""
+        """One training step of a GradientTape loop: checked before its update and after it."""
         self._open_step(x, y)
         yield self
         self._close_step()
@@ -476,6 +592,10 @@ class KerasWatch(keras.callbacks.Callback):
         return loss
 
 
+def _held_back() -> None:
+    """The core's ``drop_update``: nothing left to do, the step's update was held back inside the step."""
+
+
 def _watchable(model):
     """A ``keras.Model``, a ``tf.Module`` or a list of ``tf.Variable``s, or a one-line NanlabError."""
     if isinstance(model, (keras.Model, tf.Module)):
@@ -493,13 +613,6 @@ def _refuse_steps_per_execution(model) -> None:
                           f"(got {steps})")
 
 
-def variable_path(variable, model) -> str:
-    """A variable's path inside ``model`` (``head/bias``), without the model's own name."""
-    path = getattr(variable, "path", None) or variable.name.split(":")[0]
-    prefix = f"{getattr(model, 'name', '')}/"
-    return path[len(prefix):] if path.startswith(prefix) else path
-
-
 def _as_tensor(value):
     """NumPy batches as tensors (what the label check and the replay read); anything else unchanged."""
     return tf.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
@@ -510,18 +623,6 @@ def _read(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable.read_value()
 
 
-def are_class_ids(y, y_pred) -> bool:
-    """True when ``y`` holds one class id per prediction row: the signature of a sparse categorical loss."""
-    if not (isinstance(y, (tf.Tensor, tf.Variable)) and isinstance(y_pred, (tf.Tensor, tf.Variable))):
-        return False
-    classes = y_pred.shape[-1] if y_pred.shape.rank else None
-    if classes is None or classes < 2 or y.shape.rank is None:
-        return False
-    if y.dtype.is_integer:
-        return y.shape.rank == y_pred.shape.rank - 1 or (y.shape.rank == y_pred.shape.rank and y.shape[-1] == 1)
-    return y.dtype.is_floating and y.shape.rank == y_pred.shape.rank - 1
-
-
 def _map_targets(function, y, y_pred):
     """``function(target, prediction)`` over matching targets and outputs (one each, a list, or a dict); targets
     that do not pair with the outputs one to one (a custom loss) are returned unchanged."""
@@ -530,13 +631,6 @@ def _map_targets(function, y, y_pred):
     if isinstance(y, (list, tuple)) and isinstance(y_pred, (list, tuple)) and len(y) == len(y_pred):
         return type(y)(function(target, prediction) for target, prediction in zip(y, y_pred))
     return function(y, y_pred)
-
-
-def _cheap_phase(loss: float, norm: float) -> str:
-    """The phase the status vector alone supports, for a report without a replay."""
-    if not math.isfinite(loss):
-        return "loss"
-    return "backward" if not math.isfinite(norm) else "data"
 
 
 def global_norm(grads) -> tf.Tensor:
@@ -566,13 +660,9 @@ def _batch_buffer(tensor, compiled: bool) -> tf.Variable:
     return tf.Variable(tf.zeros([0] * len(tensor.shape), tensor.dtype), shape=tf.TensorShape(None), **PER_REPLICA)
 
 
-def watch(model, optimizer=None, loss_fn=None, training=None, *, on_nonfinite: str = "raise", max_skips: int = 5,
-          overflow_patience: int = 10, min_loss_scale: float = 1.0) -> KerasWatch:
-    """``nanlab.watch`` for a ``keras.Model``, a ``tf.Module``, a list of ``tf.Variable``s (or a nanlab ``Training``).
-
-    The keywords are the ``nanlab.watching.WatchPolicy``: what to do on a non-finite step, and how much loss-scaler
-    skipping is tolerated under mixed precision.
-    """
-    policy = WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips, overflow_patience=overflow_patience,
-                         min_loss_scale=min_loss_scale)
-    return KerasWatch(model, optimizer, loss_fn, training=training, policy=policy)
+def watch(model, optimizer=None, loss_fn=None, training=None, *, policy: WatchPolicy, **options) -> Watch:
+    """``nanlab.watch`` for a ``keras.Model``, a ``tf.Module``, a list of ``tf.Variable``s (or a nanlab ``Training``);
+    ``policy`` is the ``WatchPolicy`` ``nanlab.watch`` built. TensorFlow's watch takes no options of its own."""
+    if options:
+        raise NanlabError(f"unknown nanlab.watch option {sorted(options)[0]!r} for TensorFlow/Keras")
+    return Watch(model, optimizer, loss_fn, training=training, policy=policy)
