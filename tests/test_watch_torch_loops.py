@@ -69,6 +69,91 @@ def test_the_replay_is_not_imported_while_training_is_healthy(monkeypatch):
     assert "nanlab.frameworks.torch.replay" not in sys.modules
 
 
+def train_then_nan(model, optimizer, loss_fn=F.cross_entropy, **options):
+    """Three healthy steps under a watch, then one whose batch holds a NaN (inside ``pytest.raises``)."""
+    (x, y) = data()
+    with nanlab.watch(model, optimizer, loss_fn, **options) as watch:
+        for _ in range(3):
+            optimizer.zero_grad()
+            watch.loss_fn(model(x), y).backward()
+            optimizer.step()
+    assert watch.step == 3 and len(watch.history.losses) == 3 and all(map(math.isfinite, watch.history.losses))
+    x_bad = x.clone()
+    x_bad[4, 0] = math.nan
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(model, optimizer, loss_fn, **options) as watch:
+            optimizer.zero_grad()
+            watch.loss_fn(model(x_bad), y).backward()
+            optimizer.step()
+    return raised.value.report
+
+
+# Each private torch API nanlab uses lives in nanlab.frameworks.torch.private; each is taken away here as a torch
+# release might, and the watch must say which moved, keep training, and still stop on a NaN.
+def test_without_torch_function_mode_the_watch_trains_and_stops_unlocated(monkeypatch):
+    import torch._dynamo  # noqa: F401 - torch's own lazy imports need TorchFunctionMode: load them first
+
+    from nanlab.frameworks.torch import private
+
+    model = classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.delattr(torch.overrides, "TorchFunctionMode")
+    with pytest.raises(private.PrivateAPIMoved, match="torch.overrides.TorchFunctionMode"):
+        private.torch_function_mode()
+    report = train_then_nan(model, optimizer)
+    assert (report.step, report.phase, report.module, report.op) == (0, "loss", None, None)
+    assert "Localisation was unavailable (PrivateAPIMoved: torch.overrides.TorchFunctionMode" in report.note
+
+
+def test_a_loss_scaler_whose_methods_moved_is_not_hooked_and_a_nan_still_raises(monkeypatch, caplog):
+    import functools
+
+    from nanlab.frameworks.torch import private
+
+    # GradScaler.update turned into a property (as a torch release might): an instance attribute no longer shadows
+    # it, so the watch would never see a step. It notices, says so, and stands in with its loss checks.
+    update = torch.amp.GradScaler.update
+    monkeypatch.setattr(torch.amp.GradScaler, "update", property(lambda self: functools.partial(update, self)))
+    model, (x, y) = classifier(), data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    message = private.scaler_hooks_missing(scaler)
+    assert "GradScaler.update" in message and "GradScaler.step" not in message
+    with caplog.at_level(logging.WARNING, logger="nanlab.watch"):
+        with nanlab.watch(model, optimizer, F.cross_entropy, scaler=scaler) as watch:
+            amp_loop(model, optimizer, scaler, [(x, y)] * 3, watch.loss_fn)
+            assert "step" not in vars(scaler) and "update" not in vars(scaler)
+    assert any("GradScaler.update" in record.getMessage() for record in caplog.records)
+    assert watch.step == 3 and len(watch.history.losses) == 3 and all(map(math.isfinite, watch.history.losses))
+    x_bad = x.clone()
+    x_bad[4, 0] = math.nan
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(model, optimizer, F.cross_entropy, scaler=scaler) as watch:
+            amp_loop(model, optimizer, scaler, [(x_bad, y)], watch.loss_fn)
+    report = raised.value.report
+    assert (report.step, report.phase, report.samples) == (0, "data", [4])
+    assert "loss scaler's steps were not hooked" in report.note and "GradScaler.update" in report.note
+
+
+def test_without_found_inf_an_unannounced_scaler_goes_unnoticed_but_a_nan_still_raises(monkeypatch, caplog):
+    from nanlab.frameworks.torch import private
+
+    original = torch.amp.GradScaler.step
+
+    def step(self, optimizer, *args, **kwargs):  # a GradScaler.step that no longer names optimizer.found_inf
+        return original(self, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step)
+    monkeypatch.setattr(private, "_WARNED", set())
+    assert not private.found_inf_available()
+    model = classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING, logger="nanlab.watch"):
+        report = train_then_nan(model, optimizer)
+    assert [record.getMessage().count("optimizer.found_inf") for record in caplog.records] == [1]  # said once
+    assert (report.step, report.phase, report.samples) == (0, "data", [4])  # localised as ever
+
+
 # -- one surface ---------------------------------------------------------------------------------------------------
 def test_the_watch_surface_and_a_json_report():
     model, (x, y) = classifier(), data()
@@ -236,6 +321,19 @@ def test_a_fused_optimizer_stepped_by_an_unannounced_scaler_is_a_clear_error():
     with pytest.raises(nanlab.NanlabError, match="scaler=scaler"):
         with nanlab.watch(model, optimizer, F.cross_entropy) as watch:
             amp_loop(model, optimizer, scaler, [(x, y)], watch.loss_fn)
+
+
+def test_the_nanlab_loop_goes_on_past_a_step_the_watch_skipped():
+    from nanlab.frameworks.torch.loop import train
+
+    cause = nanlab.get_cause("high-learning-rate")
+    training = cause.recipe("torch").SETTINGS["broken"](seed=0, device="cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training, on_nonfinite="skip", max_skips=2) as watch:
+            train(training, 400)
+    skipped, step = watch.history.skipped_steps, raised.value.report.step
+    assert skipped[-2:] == [step - 2, step - 1] and len(watch.history.losses) + len(skipped) == step
+    assert training.watch is None  # the watch detached from the Training
 
 
 # -- gradient accumulation, extra arguments ------------------------------------------------------------------------

@@ -7,8 +7,8 @@ the plain ``torch.nn.utils.clip_grad_norm_`` call a user would write.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class Training(BaseTraining):
     max_grad_norm: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
+    watch: Any = field(default=None, repr=False, compare=False)  # the nanlab.watch attached (it sets this itself)
 
 
 def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:
@@ -95,13 +96,19 @@ def train(training: Training, steps: int, history: History | None = None) -> His
     """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite.
 
     One host synchronisation per step: the loss and the norm come back together. Steps are recorded into
-    ``history`` when given, so that a caller keeps the steps before an exception.
+    ``history`` when given, so that a caller keeps the steps before an exception. Under ``nanlab.watch(training,
+    on_nonfinite="skip")`` a step whose update the watch dropped is not recorded and training goes on, as in a loop
+    of one's own.
     """
     training.model.train()
     history = history if history is not None else History()
     for _ in range(steps):
         x, y = next(training.batches)
+        watch = getattr(training, "watch", None)
+        skips = watch.core.skips_in_a_row if watch is not None else 0
         loss, norm = train_step(training, x, y)
+        if watch is not None and watch.core.skips_in_a_row > skips:
+            continue  # the watch skipped this step: its update did not happen
         if not history.record(*torch.stack([loss.detach().double(), norm]).tolist()):
             return history
     training.model.eval()

@@ -60,7 +60,9 @@ def scaler_hooks_missing(scaler) -> str | None:
     """None when the watch can shadow ``scaler``'s ``step``/``unscale_``/``update``; else a message naming what
     moved and what the watch does instead."""
     kind = type(scaler)
-    missing = [name for name in SCALER_METHODS if not inspect.isfunction(getattr(kind, name, None))]
+    # A plain function of the class: an instance attribute shadows it. (A property would silently win over the
+    # shadow, and the watch would never see a step.)
+    missing = [name for name in SCALER_METHODS if not inspect.isfunction(inspect.getattr_static(kind, name, None))]
     if not missing and isinstance(getattr(scaler, "__dict__", None), dict):
         return None
     api = " and ".join(f"{kind.__module__}.{kind.__qualname__}.{name}" for name in missing or SCALER_METHODS)

@@ -201,7 +201,7 @@ class Watch:
         else:
             self._handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(self._before_update))
         if self.training is not None:
-            self.training.loss_fn = self.loss_fn
+            self.training.loss_fn, self.training.watch = self.loss_fn, self  # the loop goes on past skipped steps
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -211,7 +211,7 @@ class Watch:
         if self.scaler is not None and self._scaler_unhooked is None:
             private.unhook_scaler(self.scaler)
         if self.training is not None:
-            self.training.loss_fn = self._user_loss
+            self.training.loss_fn, self.training.watch = self._user_loss, None
         self._micro_batches.clear()
         if kind is None and self.step and not self.stopped:
             bad = self._nonfinite_weights()
