@@ -373,6 +373,31 @@ def test_torch_variants_are_named(torch):
 
 # Variants in Keras: other models and data, trained with model.fit and the watch as a callback.
 
+def test_a_fractional_power_at_zero_is_named_sqrt_at_zero_in_torch(torch):
+    """A siamese distance written as ((a - b) ** 2).sum() ** 0.5, not the recipe's std pooling: a pair of identical
+    inputs sits at distance 0, where the power's derivative is infinite (issue 17: fractional powers)."""
+
+    class Siamese(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+        def forward(self, pair):
+            a, b = self.embed(pair[:, 0]), self.embed(pair[:, 1])
+            return ((a - b) ** 2).sum(dim=1) ** 0.5
+
+    def contrastive(distance, same):
+        return (same * distance + (1 - same) * torch.relu(1 - distance)).mean()
+
+    torch.manual_seed(0)
+    pairs, same = torch.randn(16, 2, 4), (torch.rand(16) < 0.5).float()
+    pairs[5, 1] = pairs[5, 0]  # a duplicated record paired with itself
+    report = _torch_own_loop(torch, Siamese(), pairs, same, contrastive)
+    assert (report.cause, report.phase, report.op, report.samples) == ("sqrt-at-zero", "backward", "pow", [5]), \
+        str(report)
+    assert "fractional power" in report.cause_reason and report.verdicts == ["sqrt-at-zero"]
+
+
 def _keras_fit(keras, model, x, y, loss, lr=0.1):
     model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss)
     watch = nanlab.watch(model)

@@ -184,3 +184,14 @@ def test_an_overflowing_power_with_a_zero_among_its_inputs_is_no_division_by_zer
                                           dtype="float32", dtype_max=3.4028234663852886e38, max_abs=2.0,
                                           op_inputs=[stats(zeros=1, max_abs=2.0)]))
     assert reciprocal.cause == "division-by-zero", str(reciprocal)
+
+
+def test_a_fractional_power_at_zero_in_the_backward_pass_is_sqrt_at_zero():
+    """x ** 0.5 or a focal loss's (1 - p) ** gamma with gamma < 1: the power's inputs held an exact 0."""
+    report = conclude(NonFiniteReport("torch", 5, "backward", module="loss", op="pow", op_family=OpFamily.POW,
+                                      value="nan", op_inputs=[stats(zeros=2, min=0.0, max=0.9, min_abs=0.0)]))
+    assert report.verdicts == ["sqrt-at-zero"], report.verdicts
+    assert "fractional power" in report.cause_reason and "`pow`" in report.cause_reason
+    no_zero = conclude(NonFiniteReport("torch", 5, "backward", module="loss", op="pow", op_family=OpFamily.POW,
+                                       value="nan", op_inputs=[stats(min=0.1, max=0.9, min_abs=0.1)]))
+    assert "sqrt-at-zero" not in no_zero.verdicts

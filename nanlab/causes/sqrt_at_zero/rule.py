@@ -3,18 +3,30 @@ non-finite (its derivative 1 / (2 sqrt(0)) = inf, times the zero derivative of i
 
 A square root in the backward pass is any op of the sqrt, statistic (std: the root of a variance) or norm (the root
 of a sum of squares) family: each framework maps its own names (a forward op whose gradient failed, or a gradient op
-such as TensorFlow's) onto these families.
+such as TensorFlow's) onto these families. A fractional power is a root too: ``x ** p`` with ``0 < p < 1`` (``x **
+0.5``, a focal loss's ``(1 - p) ** gamma`` with gamma < 1) is finite at 0 and its derivative ``p * x ** (p - 1)`` is
+not. The rule does not know the exponent; it reads the power's input statistics (an exact 0 among them, recorded
+for backward culprits from the forward op's inputs): no integer power >= 1 has an infinite derivative at 0, and a
+negative one would have failed in the forward pass already.
 """
 from nanlab.causes.sqrt_at_zero import CAUSE
 from nanlab.diagnosis import DIRECT, Verdict
 from nanlab.watching.vocabulary import OpFamily, Phase
 
 ROOT_FAMILIES = {OpFamily.SQRT, OpFamily.STATISTIC, OpFamily.NORM}
+POWER_FAMILIES = {OpFamily.POW}
 
 
 def diagnose(report) -> Verdict | None:
-    if report.phase == Phase.BACKWARD and report.op_family in ROOT_FAMILIES:
+    if report.phase != Phase.BACKWARD:
+        return None
+    if report.op_family in ROOT_FAMILIES:
         return Verdict(CAUSE.id, DIRECT, f"the forward pass was finite and the backward pass of `{report.op}` was "
                        "the first to go non-finite: the derivative of sqrt at 0 is inf, and inf * 0 = NaN",
                        ("phase", "op_family", "value"))
+    if report.op_family in POWER_FAMILIES and report.zero_input:
+        return Verdict(CAUSE.id, DIRECT, f"the forward pass was finite and the backward pass of `{report.op}` was "
+                       "the first to go non-finite at an exact 0 in its input: a fractional power x ** p (0 < p < 1, "
+                       "a root) has the derivative p * x ** (p - 1) = inf at 0, and inf * 0 = NaN",
+                       ("phase", "op_family", "op_inputs", "value"))
     return None
