@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nanlab.watching.vocabulary import DTYPE_MAX, dtype_max
+from nanlab.watching.vocabulary import DTYPE_MAX, OpFamily, dtype_max
 
 # How specific the evidence behind a verdict is. A rule picks the level that matches what it read; ties are rare
 # and honest (the report then names both causes).
@@ -26,6 +26,9 @@ CLOSE = 0.15    # a runner-up within this of the best verdict is reported alongs
 # float16's largest finite value: a dtype whose range ends there or sooner (float16, the float8 formats) overflows
 # on values a float32 or bfloat16 run holds, so its overflow is the fp16-overflow rule's evidence, not a trend's.
 NARROW_RANGE_MAX = DTYPE_MAX["float16"]
+# Families defined only from a floor up: the log and the square root of a number below 0 are NaN. (log1p's own floor
+# is -1, but the family cannot tell it from log: a NaN out of either means its argument was negative.)
+DOMAIN_FLOOR = {OpFamily.LOG: 0.0, OpFamily.PROBABILITY_LOSS: 0.0, OpFamily.SQRT: 0.0, OpFamily.RSQRT: 0.0}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ def overflowed(report) -> bool:
     overflow (a square or a quotient too large to hold), which a zero elsewhere among its inputs did not cause."""
     limit = range_limit(report)
     return report.max_abs is not None and limit is not None and report.max_abs > limit
+
+
+def below_domain(report) -> bool:
+    """The failing op belongs to a family defined only from a floor up (``DOMAIN_FLOOR``: log, sqrt) and one of its
+    inputs held a finite value below that floor (its statistics: a negative count, or its minimum)."""
+    floor = DOMAIN_FLOOR.get(report.op_family)
+    return floor is not None and any(entry.negatives or (entry.min is not None and entry.min < floor)
+                                     for entry in report.op_inputs)
 
 
 def rank(report) -> list[Verdict]:

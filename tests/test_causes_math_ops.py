@@ -398,6 +398,35 @@ def test_a_fractional_power_at_zero_is_named_sqrt_at_zero_in_torch(torch):
     assert "fractional power" in report.cause_reason and report.verdicts == ["sqrt-at-zero"]
 
 
+def test_a_square_root_of_a_variance_rounded_below_zero_is_named_sqrt_at_zero_in_torch(torch):
+    """Std pooling written as sqrt(E[x**2] - E[x]**2) over a stuck sensor's constant readings: the difference
+    rounds below 0 in float32 (-9.3e-10 for 0.1 at every step on x86), and its square root is NaN in the forward."""
+
+    def variance(sequences):
+        return (sequences ** 2).mean(dim=-1) - sequences.mean(dim=-1) ** 2
+
+    class StdPool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 2)
+
+        def forward(self, sequences):  # (batch, channels, time)
+            return self.head(variance(sequences).sqrt())
+
+    torch.manual_seed(0)
+    sequences, labels = torch.randn(16, 3, 8), torch.randint(0, 2, (16,))
+    # the rounding depends on the reduction order this machine's kernels use: take a reading that rounds below 0
+    stuck = next((value for value in (0.1, 0.2, 1.3, 7.7, 0.7, 3.3, 0.03)
+                  if variance(torch.full((1, 3, 8), value)).min() < 0), None)
+    if stuck is None:
+        pytest.skip("no candidate reading rounds below 0 with this machine's reductions")
+    sequences[2] = stuck  # a stuck sensor
+    report = _torch_own_loop(torch, StdPool(), sequences, labels, torch.nn.functional.cross_entropy)
+    assert (report.cause, report.phase, report.op, report.samples) == ("sqrt-at-zero", "forward", "sqrt", [2]), \
+        str(report)
+    assert "below its domain" in report.cause_reason
+
+
 def _keras_fit(keras, model, x, y, loss, lr=0.1):
     model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss)
     watch = nanlab.watch(model)

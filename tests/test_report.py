@@ -195,3 +195,21 @@ def test_a_fractional_power_at_zero_in_the_backward_pass_is_sqrt_at_zero():
     no_zero = conclude(NonFiniteReport("torch", 5, "backward", module="loss", op="pow", op_family=OpFamily.POW,
                                        value="nan", op_inputs=[stats(min=0.1, max=0.9, min_abs=0.1)]))
     assert "sqrt-at-zero" not in no_zero.verdicts
+
+
+@pytest.mark.parametrize("op, family, cause, words", [
+    ("log", OpFamily.LOG, "log-of-zero", "the log of a negative number is NaN"),
+    ("log1p", OpFamily.LOG, "log-of-zero", "the log of a negative number is NaN"),
+    ("sqrt", OpFamily.SQRT, "sqrt-at-zero", "the square root of a negative number is NaN"),
+    ("rsqrt", OpFamily.RSQRT, "sqrt-at-zero", "the square root of a negative number is NaN"),
+])
+def test_an_input_below_the_domain_is_read_from_its_statistics(op, family, cause, words):
+    """One notion of "below its domain" for the log and the root families: a NaN from NaN-free inputs, one of them
+    holding values below 0 (its negatives count or its minimum)."""
+    below = stats(negatives=1, min=-1e-9, max=2.0, min_abs=1e-9, max_abs=2.0)
+    report = conclude(NonFiniteReport("torch", 3, "forward", op=op, op_family=family, value="nan",
+                                      op_inputs=[below]))
+    assert report.cause == cause and words in report.cause_reason and report.runner_up is None, str(report)
+    inside = conclude(NonFiniteReport("torch", 3, "forward", op=op, op_family=family, value="nan",
+                                      op_inputs=[stats(min=0.5, max=2.0, min_abs=0.5, max_abs=2.0)]))
+    assert inside.cause != "sqrt-at-zero", "a root's NaN from inputs inside its domain is not this evidence"

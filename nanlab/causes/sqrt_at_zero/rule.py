@@ -8,16 +8,25 @@ such as TensorFlow's) onto these families. A fractional power is a root too: ``x
 not. The rule does not know the exponent; it reads the power's input statistics (an exact 0 among them, recorded
 for backward culprits from the forward op's inputs): no integer power >= 1 has an infinite derivative at 0, and a
 negative one would have failed in the forward pass already.
+
+The root's other edge is in the forward pass: a (reciprocal) square root of a number below 0 is NaN, which a
+variance written as a difference (``E[x**2] - E[x]**2``) reaches by rounding when the values do not vary.
 """
 from nanlab.causes.sqrt_at_zero import CAUSE
-from nanlab.diagnosis import DIRECT, Verdict
+from nanlab.diagnosis import DIRECT, Verdict, below_domain
 from nanlab.watching.vocabulary import OpFamily, Phase
 
 ROOT_FAMILIES = {OpFamily.SQRT, OpFamily.STATISTIC, OpFamily.NORM}
 POWER_FAMILIES = {OpFamily.POW}
+FORWARD_ROOT_FAMILIES = {OpFamily.SQRT, OpFamily.RSQRT}
 
 
 def diagnose(report) -> Verdict | None:
+    if report.phase in (Phase.FORWARD, Phase.LOSS) and report.op_family in FORWARD_ROOT_FAMILIES \
+            and report.value == "nan" and below_domain(report):
+        return Verdict(CAUSE.id, DIRECT, f"`{report.op}` got an input below its domain (the square root of a "
+                       "negative number is NaN): a variance computed as E[x**2] - E[x]**2 rounds below 0 when the "
+                       "values do not vary", ("phase", "op_family", "op_inputs", "value"))
     if report.phase != Phase.BACKWARD:
         return None
     if report.op_family in ROOT_FAMILIES:
