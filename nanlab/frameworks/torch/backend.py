@@ -42,7 +42,8 @@ def weights(model) -> list:
 
 
 def is_batch_stream(value) -> bool:
-    """A ``DataLoader`` (or any ``torch.utils.data`` iterable of batches), which ``nanlab.scan`` reads batch by batch."""
+    """A ``DataLoader`` (or any ``torch.utils.data`` iterable of batches): ``nanlab.scan`` reads it batch by
+    batch."""
     return isinstance(value, (torch.utils.data.DataLoader, torch.utils.data.IterableDataset))
 
 
