@@ -1,8 +1,10 @@
 """The Keras watch: model.fit and GradientTape loops, catalogue causes, models outside the catalogue, and training
 unchanged by watching."""
 import json
+import logging
 import math
 import sys
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -235,7 +237,91 @@ def test_training_with_the_watch_survives_a_missing_private_api(monkeypatch):
         fit(broken, 20.0, [nanlab.watch(broken)])
     report = raised.value.report
     assert report.step > 2 and "Localisation was unavailable" in str(report)
-    assert all(np.isfinite(w).all() for w in broken.get_weights())  # still restored to before the bad step
+    assert "tensorflow.python.framework.op_callbacks" in report.note  # names what moved
+    assert all(np.isfinite(w).all() for w in broken.get_weights())  # still from before the bad step
+
+
+def healthy_and_broken_fits(caplog):
+    """Fit a healthy MLP and a broken one (lr 20) under the watch; the broken run's report and the warnings."""
+    healthy = mlp(1)
+    watch = nanlab.watch(healthy)
+    with caplog.at_level(logging.WARNING, logger="nanlab.watch"):
+        fit(healthy, 0.05, [watch])
+        assert watch.step == 12 and watch.report is None
+        broken = mlp(0)
+        with pytest.raises(nanlab.NonFiniteError) as raised:
+            fit(broken, 20.0, [nanlab.watch(broken)])
+    assert "train_step" not in broken.__dict__ and "apply" not in broken.optimizer.__dict__  # detached
+    return watch, broken, raised.value.report, " ".join(record.getMessage() for record in caplog.records)
+
+
+def test_a_moved_flatten_layers_leaves_localisation_to_the_listed_layers(monkeypatch, caplog):
+    """Keras' private Layer._flatten_layers gone (simulated: private looks it up under another name): the replay
+    traces the layers Model.layers lists, and says so."""
+    from nanlab.frameworks.tensorflow import private
+
+    monkeypatch.setattr(private, "FLATTEN_LAYERS", "_flatten_layers_renamed")
+    watch, broken, report, _ = healthy_and_broken_fits(caplog)
+    assert "Layer._flatten_layers moved" in report.note and report.cause == "high-learning-rate"
+    assert report.phase in ("forward", "loss") and report.module and report.op  # still localised
+    assert all(np.isfinite(w).all() for w in broken.get_weights())
+
+
+def test_a_moved_train_step_hook_keeps_the_check_without_the_replay(monkeypatch, caplog):
+    """A Keras whose fit no longer calls Model.train_step through the model (simulated: the step function is made
+    from the class's method): the watch says which hook moved, checks from its callback, holds bad updates back
+    still, and reports without localisation."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    def make_train_function(self, force=False):
+        if self.train_function is None or force:
+            self.train_function = self._make_function(type(self).train_step.__get__(self))
+        return self.train_function
+
+    monkeypatch.setattr(TensorFlowTrainer, "make_train_function", make_train_function)
+    watch, broken, report, warnings = healthy_and_broken_fits(caplog)
+    assert "Model.train_step moved" in warnings and len(watch.history.losses) == 12
+    assert "Localisation was unavailable" in report.note and "Model.train_step" in report.note
+    assert report.step > 2 and report.cause == "high-learning-rate"
+    assert all(np.isfinite(w).all() for w in broken.get_weights())  # the update was still held back
+
+
+def _train_step_without(monkeypatch, attribute: str, owner: Callable) -> None:
+    """Make fit's train step run with ``attribute`` no longer reached through the instance ``owner(model)``."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    original = TensorFlowTrainer.train_step
+
+    def train_step(self, data):
+        target = owner(self)
+        shadowed = vars(target).pop(attribute, None)
+        try:
+            return original(self, data)
+        finally:
+            if shadowed is not None:
+                vars(target)[attribute] = shadowed
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", train_step)
+
+
+def test_a_moved_compute_loss_hook_still_stops_on_the_gradients(monkeypatch, caplog):
+    """fit's step no longer calling Model.compute_loss through the model: the loss and labels go unchecked (and
+    the watch says so), the gradient norm still catches the NaN before its update."""
+    _train_step_without(monkeypatch, "compute_loss", lambda model: model)
+    watch, broken, report, warnings = healthy_and_broken_fits(caplog)
+    assert "Model.compute_loss moved" in warnings and watch.history.losses == []
+    assert len(watch.history.grad_norms) == 12
+    assert report.step > 2 and report.cause == "high-learning-rate"
+    assert all(np.isfinite(w).all() for w in broken.get_weights())
+
+
+def test_a_moved_optimizer_apply_hook_still_stops_with_a_note(monkeypatch, caplog):
+    """fit's step no longer calling Optimizer.apply through the optimizer: bad updates can no longer be held back;
+    the watch says so, still stops at the first non-finite loss, and its report says the update was applied."""
+    _train_step_without(monkeypatch, "apply", lambda model: model.optimizer)
+    watch, broken, report, warnings = healthy_and_broken_fits(caplog)
+    assert "Optimizer.apply moved" in warnings and len(watch.history.losses) == 12
+    assert report.step > 2 and "Localisation was unavailable" in report.note and "was applied" in report.note
 
 
 def test_the_gradient_norm_is_exact_past_float32s_sum_of_squares_and_non_finite_with_a_nan():
@@ -247,3 +333,58 @@ def test_the_gradient_norm_is_exact_past_float32s_sum_of_squares_and_non_finite_
     assert global_norm([tf.constant([3.0, 4.0]), tf.constant([[12.0]])]).numpy() == pytest.approx(13.0)
     assert math.isnan(global_norm([tf.constant([1.0, math.nan])]).numpy())
     assert global_norm([]).numpy() == 0.0
+
+
+def gaussian_nll(y, output):
+    """The negative log-likelihood of float targets ``y`` (shape (n,)) under N(mean, spread**2) from a Dense(2)."""
+    mean, spread = output[:, 0], tf.nn.softplus(output[:, 1]) + 1e-3
+    return tf.reduce_mean(tf.math.log(spread) + 0.5 * tf.square((tf.cast(y, output.dtype) - mean) / spread))
+
+
+def regression_head(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+
+
+def test_float_targets_of_a_two_unit_regression_head_are_not_class_ids():
+    """A Dense(2) head (mean and spread) with float targets of shape (n,): regression, never class ids (the targets'
+    dtype and the loss decide, not the shapes), so a healthy run is neither stopped nor changed by the watch."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8 * 32, 20)).astype(np.float32)
+    y = (3.0 * x[:, 0] + 5.0).astype(np.float32)  # mostly outside [0, 2): "labels out of range" if taken for ids
+
+    def fitted(model, callbacks):
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=gaussian_nll)
+        return model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+
+    plain = fitted(regression_head(), [])
+    watch = nanlab.watch(regression_head())
+    watched = fitted(watch.watched, [watch])
+    assert watch.report is None and not watch.stopped and watch.step == 8, str(watch.report)
+    assert watched.history["loss"] == plain.history["loss"]
+
+    model = regression_head()
+    optimizer = keras.optimizers.SGD(0.01)
+    with nanlab.watch(model, optimizer, gaussian_nll) as tape_watch:
+        for step in range(8):
+            batch = tf.constant(x[step * 32:(step + 1) * 32]), tf.constant(y[step * 32:(step + 1) * 32])
+            with tape_watch.checked_step(*batch):
+                with tf.GradientTape() as tape:
+                    loss = tape_watch.loss_fn(batch[1], model(batch[0], training=True))
+                optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    assert tape_watch.report is None and tape_watch.step == 8
+
+
+def test_float_class_ids_under_a_sparse_loss_are_still_checked():
+    """Float labels are class ids for SparseCategoricalCrossentropy (decided from the compiled loss): an
+    out-of-range one is still reported as a bad label, before the loss raises or returns NaN."""
+    x, y = blobs()
+    y = y[:4 * 32].astype(np.float32)
+    y[2 * 32 + 5] = 9.0  # 4 classes
+    model = mlp(0)
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        model.fit(x[:4 * 32], y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
+    report = raised.value.report
+    assert (report.step, report.phase, report.samples) == (2, "data", [5]) and "9" in report.label_problem

@@ -165,3 +165,50 @@ def test_skip_leaves_adam_batchnorm_and_dropout_as_if_the_bad_batch_never_came()
     for watched, reference in zip(model.optimizer.variables, plain.optimizer.variables):
         np.testing.assert_allclose(watched.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=watched.path)
     assert history.history["loss"][-1] == pytest.approx(plain_history.history["loss"][-1], rel=1e-5)
+
+
+def adam_batchnorm_net():
+    keras.utils.set_random_seed(0)
+    frozen = keras.layers.Dense(32, name="frozen")
+    frozen.trainable = False
+    model = keras.Sequential([keras.Input((20,)), frozen, keras.layers.Dense(32), keras.layers.BatchNormalization(),
+                              keras.layers.Activation("relu"), keras.layers.Dropout(0.3), keras.layers.Dense(4)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_no_per_step_copy_of_weights_or_optimizer_state():
+    """The update is decided before it is applied, so the watch copies only what a forward pass changes: BatchNorm's
+    moving statistics, the seed state and fit's metrics; not the weights, not Adam's moments, not the frozen layer's
+    weights (a forward pass leaves them alone)."""
+    model = adam_batchnorm_net()
+    watch = nanlab.watch(model)
+    x, y = blobs(2)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
+    copied = {v.path for v in watch._state}
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert {norm.moving_mean.path, norm.moving_variance.path} <= copied
+    untouched = model.trainable_variables + model.optimizer.variables + model.get_layer("frozen").weights
+    assert not copied & {v.path for v in untouched}
+    copied_size = sum(int(np.prod(v.shape)) for v in watch._state)
+    assert copied_size < 0.05 * sum(int(np.prod(v.shape)) for v in model.variables + model.optimizer.variables)
+
+
+def test_raise_leaves_every_variable_as_the_bad_step_found_it():
+    """Weights, Adam's moments and step count, BatchNorm's statistics and the seed state after a raise equal a run
+    that stopped before the bad batch: the update was held back, the forward's changes put back, and the replay
+    (which runs forward, backward and the update again) put every variable back."""
+    x, y = blobs()
+    x = x.copy()
+    x[5 * BATCH + 7] = 3e38  # finite, but the first matmul overflows: the replay runs forward and backward
+    model = adam_batchnorm_net()
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
+    report = raised.value.report
+    assert (report.step, report.phase, report.module, report.op) == (5, "forward", "frozen", "matmul"), str(report)
+    plain = adam_batchnorm_net()
+    plain.fit(x[:5 * BATCH], y[:5 * BATCH], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    for watched, reference in zip(model.variables + model.optimizer.variables,
+                                  plain.variables + plain.optimizer.variables):
+        np.testing.assert_array_equal(watched.numpy(), reference.numpy(), err_msg=watched.path)

@@ -83,8 +83,7 @@ def flatten_layers(layer, include_self: bool = False) -> tuple[list, str | None]
             walk(child, True)
 
     walk(layer, include_self)
-    return found, moved(f"Keras' Layer.{FLATTEN_LAYERS}",
-                        "only the layers reachable through Model.layers were traced")
+    return found, moved("Keras' Layer._flatten_layers", "only the layers reachable through Model.layers were traced")
 
 
 def keras_major() -> int:

@@ -215,7 +215,8 @@ def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
 def _label_problem(y, y_pred, sparse_loss: bool):
     if not class_ids(y, y_pred, sparse_loss) or y_pred.shape[-1] is None:
         return None
-    return label_problem(y, int(y_pred.shape[-1]), ignore_index=None)  # Keras has no padding label
+    return label_problem(y, int(y_pred.shape[-1]), ignore_index=None,  # Keras has no padding label
+                         sparse_loss=sparse_loss)
 
 
 class _LayerTracer:

@@ -310,7 +310,7 @@ class Watch(keras.callbacks.Callback):
             "apply": "bad updates are no longer held back, so a bad step's update stays applied",
         }
         for name in expected:
-            if name not in self._ran:
+            if name not in self._ran and name not in self._moved:
                 self._moved.add(name)
                 LOG.warning("nanlab.watch: %s", private.moved(private.HOOKS[name], consequences[name]))
 
@@ -329,9 +329,13 @@ class Watch(keras.callbacks.Callback):
         replay runs from a snapshot of every variable, which is put back afterwards."""
         self._restore_state()
         report = self._base_report(status, overflow)
-        spoiled = self._nonfinite_weights()
+        spoiled = self._nonfinite_weights() if "apply" not in self._moved else []
         if spoiled:
             return self._update_report(report, spoiled)
+        if "apply" in self._moved:
+            report.note = "Localisation was unavailable: " + private.moved(
+                private.HOOKS["apply"], "this step's update could not be held back, and was applied.")
+            return report
         if "train_step" in self._moved:
             report.note = "Localisation was unavailable: " + private.moved(
                 private.HOOKS["train_step"], "fit's batch was not kept for a replay.")
@@ -349,9 +353,6 @@ class Watch(keras.callbacks.Callback):
                 variable.assign(value)
         if overflow and report.dtype is None:
             report.note = "The loss scaler kept skipping, but the replay found no op past its dtype's range."
-        if "apply" in self._moved:
-            report.note = " ".join(filter(None, [report.note, "This step's update was applied: " + private.moved(
-                private.HOOKS["apply"], "the watch could not hold it back.")]))
         return report
 
     def _base_report(self, status: list[float], overflow: bool) -> NonFiniteReport:
@@ -465,6 +466,7 @@ class Watch(keras.callbacks.Callback):
                 model, self._watched_train_step, self._watched_compute_loss)
         except private.PrivateAPIMoved as moved:
             LOG.warning("nanlab.watch: %s", moved)
+            self._moved.update(("train_step", "compute_loss"))
             self._original_train_step, self._original_compute_loss = model.train_step, model.compute_loss
         self._watch_optimizer()
         private.rebuild_train_function(model)  # fit builds its step function around the watched step
