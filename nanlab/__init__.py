@@ -24,12 +24,18 @@ def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skip
     (what to do at a non-finite step, how much loss-scaler skipping is tolerated), the same in every framework;
     ``options`` are a framework watch's own (PyTorch: ``scaler``).
     """
-    from nanlab.frameworks import framework_of, list_frameworks
+    from nanlab.frameworks import framework_of, host_of, list_frameworks
     from nanlab.training import Training
     from nanlab.watching import WatchPolicy
 
     policy = WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips, overflow_patience=overflow_patience,
                          min_loss_scale=min_loss_scale)
+    hosted = host_of(model)
+    if hosted is not None:  # a trainer nanlab did not write: its adapter plugs the watch into the trainer's events
+        framework, host = hosted
+        module = host.module()
+        _check_options(options, module.OPTIONS, f"{framework.title} ({host.name})")
+        return module.watch(model, optimizer, loss_fn, policy=policy, **options)
     training = None
     if isinstance(model, Training):
         training, model, optimizer, loss_fn = model, model.model, model.optimizer, model.loss_fn
@@ -39,11 +45,15 @@ def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skip
         accepted = ", ".join(framework.watchable for framework in list_frameworks())
         raise NanlabError(f"nanlab.watch needs {accepted} or a nanlab Training, got {type(model).__name__}")
     module = framework.module("watch")
-    unknown = sorted(set(options) - set(module.OPTIONS))
-    if unknown:
-        valid = ", ".join(("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale") + module.OPTIONS)
-        raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for {framework.title}; valid: {valid}")
+    _check_options(options, module.OPTIONS, framework.title)
     return module.watch(model, optimizer, loss_fn, training=training, policy=policy, **options)
+
+
+def _check_options(options: dict, accepted: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        valid = ", ".join(("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale") + tuple(accepted))
+        raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for {where}; valid: {valid}")
 
 
 def scan(x, y=None, num_classes=None, progress=True, ignore_index=-100):

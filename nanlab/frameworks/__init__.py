@@ -6,7 +6,9 @@ Everything specific to one framework lives in its own folder, ``nanlab/framework
 - ``backend.py``  imports the framework: seeding, the devices it sees and what they can do, its version line;
 - ``loop.py``     the ``Training`` it runs and the loop that records loss, gradient norm and the first NaN step;
 - ``watch.py``    ``nanlab.watch`` for its models (the cheap per-step check), and ``replay.py``, loaded only when a
-  step goes bad, the one place that may touch the framework's private APIs.
+  step goes bad; ``private.py`` the one guarded home of the framework's private APIs;
+- ``hosts/``      adapters of its watch to trainers built on it (a ``Host`` each: the Transformers ``Trainer``,
+  Lightning, Keras 3 on the torch backend …), loaded only when ``nanlab.watch`` is given such an object.
 
 The rest of nanlab asks a ``Framework`` object and never branches on a framework's name. Adding a framework is one
 new folder with these four modules, plus a ``<name>_recipe.py`` in each cause package that opts in (a cause lists
@@ -16,10 +18,48 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 
 from nanlab.errors import NanlabError
+
+
+@dataclass(frozen=True)
+class Host:
+    """A trainer or model type built on a framework whose training loop nanlab does not write (the Transformers
+    ``Trainer``, a Lightning ``Trainer``): ``nanlab.watch(obj)`` hands such an object to ``adapter``'s ``watch``.
+
+    ``cls`` is the class's import path (``"transformers.Trainer"``); it is only looked up when its top-level module
+    is already imported (an object of the class cannot exist otherwise), so recognising hosts imports nothing.
+    ``accepts``, when set, is the path of a predicate the object must also satisfy (e.g. Keras on the torch backend).
+    """
+
+    name: str
+    cls: str
+    adapter: str
+    accepts: str | None = None
+
+    def matches(self, value) -> bool:
+        root = self.cls.split(".")[0]
+        if root not in sys.modules:
+            return False
+        module_name, _, class_name = self.cls.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            return False
+        if not isinstance(value, cls):
+            return False
+        return self.accepts is None or _resolve(self.accepts)(value)
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.adapter)
+
+
+def _resolve(path: str):
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
 
 
 @dataclass(frozen=True)
@@ -40,6 +80,7 @@ class Framework:
     root_modules: tuple[str, ...]
     watchable: str
     package: str
+    hosts: tuple[Host, ...] = ()
 
     def module(self, name: str) -> ModuleType:
         """``backend``, ``loop``, ``watch`` or ``replay`` of this framework; a missing framework is a one-line error."""
@@ -102,6 +143,12 @@ def get_framework(framework: str | Framework) -> Framework:
         if wanted == candidate.name or wanted in candidate.aliases:
             return candidate
     raise NanlabError(f"unknown framework {framework!r}; valid frameworks: {', '.join(framework_names())}")
+
+
+def host_of(value) -> tuple[Framework, Host] | None:
+    """The framework and host adapter for a trainer-like ``value`` (a Transformers or Lightning ``Trainer`` …)."""
+    return next(((framework, host) for framework in list_frameworks() for host in framework.hosts
+                 if host.matches(value)), None)
 
 
 def framework_of(value) -> Framework | None:
