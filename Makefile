@@ -36,16 +36,16 @@ lab: env
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00-start-here.ipynb
 
 notebooks: env
-	$(BIN)/python tools/execute_notebooks.py notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
+	$(BIN)/python -m tools.execute_notebooks notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
 
 student: env
-	$(BIN)/python tools/student_copies.py --out build/student $(NOTEBOOKS)
+	$(BIN)/python -m tools.student_copies --out build/student $(NOTEBOOKS)
 
 slides: env
-	$(BIN)/python tools/build_slides.py --out build/slides $(NOTEBOOKS)
+	$(BIN)/python -m tools.build_slides --out build/slides $(NOTEBOOKS)
 
 site: env
-	$(BIN)/python tools/build_site.py --out build/site $(NOTEBOOKS)
+	$(BIN)/python -m tools.build_site --out build/site $(NOTEBOOKS)
 
 doctor: env
 	$(BIN)/nanlab doctor

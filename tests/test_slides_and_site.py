@@ -1,14 +1,12 @@
 """`make slides` and `make site` build offline: every script and link a page uses resolves to a local file."""
 import html.parser
 import pathlib
-import sys
 import urllib.parse
 
+from tools import build_site, build_slides
+from tools.slide_metadata import add_slide_metadata, slide_type
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import build_site  # noqa: E402
-import build_slides  # noqa: E402
-from slide_metadata import add_slide_metadata, slide_type  # noqa: E402
 
 START = ROOT / "notebooks" / "00-start-here.ipynb"
 ONE_PER_FRAMEWORK = [ROOT / "notebooks" / "pytorch" / "01-high-learning-rate.ipynb",

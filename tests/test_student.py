@@ -1,16 +1,14 @@
 """`make student`: solutions removed, checks kept, outputs cleared; a student copy fails only where the student
 has work to do (the exercise cells and the checks right after them)."""
 import pathlib
-import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tools.student_copies import CODE_STUB, EXERCISE_TAG, has_solution, strip_solutions, student_copy, write_copies
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-from student_copies import (CODE_STUB, EXERCISE_TAG, has_solution, strip_solutions, student_copy,  # noqa: E402
-                            write_copies)
 
 NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
 

@@ -2,12 +2,10 @@
 respects the project's 20-second rule, and its symptom table is the catalogue's."""
 import pathlib
 import re
-import sys
+
+from tools import notebook_timings, symptom_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import notebook_timings  # noqa: E402
-import symptom_table  # noqa: E402
 
 TEACHING = (ROOT / "docs" / "teaching.md").read_text()
 NOTEBOOK_RULE_SECONDS = 20.0
@@ -18,10 +16,10 @@ def test_the_timings_table_times_every_notebook_within_the_20_second_rule():
     timed = {name: float(seconds) for name, seconds in re.findall(r"^\| ([\w/.-]+) \| ([\d.]+) \|", section, re.M)}
     expected = {str(path.relative_to(ROOT / "notebooks").with_suffix(""))
                 for path in notebook_timings.notebooks(ROOT / "notebooks")}
-    assert set(timed) == expected, "re-time with python tools/notebook_timings.py --write docs/teaching.md"
+    assert set(timed) == expected, "re-time with python -m tools.notebook_timings --write docs/teaching.md"
     slow = {name: seconds for name, seconds in timed.items() if seconds > NOTEBOOK_RULE_SECONDS}
     assert not slow, f"notebooks over {NOTEBOOK_RULE_SECONDS:g} s: {slow}"
 
 
 def test_the_symptom_table_is_the_catalogues():
-    assert symptom_table.symptom_table() in TEACHING, "refresh: python tools/symptom_table.py --write docs/teaching.md"
+    assert symptom_table.symptom_table() in TEACHING, "refresh: python -m tools.symptom_table --write docs/teaching.md"

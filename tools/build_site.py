@@ -2,7 +2,7 @@
 framework. It reads offline: images are embedded, CSS is inline, MathJax is a local copy, no script comes from a
 CDN (tools/templates/nanlab_site), and links between notebooks point at their pages.
 
-Usage: python tools/build_site.py --out build/site [NOTEBOOK ...]   (default: every notebook under notebooks/)
+Usage: python -m tools.build_site --out build/site [NOTEBOOK ...]   (default: every notebook under notebooks/)
 
 Pages keep the repository's layout (``<out>/notebooks/pytorch/01-….html``), so the notebooks' relative links
 keep working. The index lists, per framework, each cause of the catalogue (number, title, what it looks like)
@@ -15,13 +15,11 @@ import argparse
 import html
 import pathlib
 import re
-import sys
 
 import nbformat
 from nbconvert import HTMLExporter
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from offline_assets import copy_mathjax, mathjax_url  # noqa: E402
+from tools.offline_assets import copy_mathjax, mathjax_url
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"

@@ -1,6 +1,6 @@
 """Build reveal.js slide decks from notebooks, viewable offline.
 
-Usage: python tools/build_slides.py --out build/slides NOTEBOOK [...]
+Usage: python -m tools.build_slides --out build/slides NOTEBOOK [...]
 
 Each notebook becomes ``<out>/<folder>-<name>.slides.html`` (folder = pytorch, tensorflow, or notebooks for
 00-start-here). A notebook without slide metadata gets defaults from its headings, in memory only
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 import nbformat
 from nbconvert import SlidesExporter
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from offline_assets import REVEAL_FOLDER, copy_mathjax, copy_reveal, mathjax_url  # noqa: E402
-from slide_metadata import add_slide_metadata  # noqa: E402
+from tools.offline_assets import REVEAL_FOLDER, copy_mathjax, copy_reveal, mathjax_url
+from tools.slide_metadata import add_slide_metadata
 
 TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"
 

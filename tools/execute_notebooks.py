@@ -1,6 +1,6 @@
 """Execute notebooks in place, the way they are committed: top to bottom, on CPU, outputs kept.
 
-Usage: python tools/execute_notebooks.py notebooks/pytorch/01-high-learning-rate.ipynb [...]
+Usage: python -m tools.execute_notebooks notebooks/pytorch/01-high-learning-rate.ipynb [...]
 
 Each notebook runs with its own folder as the working directory and is saved with the ``python3`` kernelspec, so
 that JupyterLab opens it without asking for a kernel. Afterwards the ``<Figure size …>`` text that matplotlib's

@@ -2,7 +2,7 @@
 
 Usage:
     nanlab verify --seeds 10 --device cpu --json verify10.json
-    python tools/reproduction_table.py verify10.json docs/reproduction-cpu.md --command "nanlab verify ..."
+    python -m tools.reproduction_table verify10.json docs/reproduction-cpu.md --command "nanlab verify ..."
 
 One line per cause and framework: how many seeds passed the contract, where the broken run went non-finite (or what
 the device raised), and for each fix how many seeds learned and its lowest held-out score; a wrong fix is marked
@@ -85,7 +85,7 @@ The reproduction contract for every cause in every framework it lists, made with
 
 ```bash
 {args.command}
-python tools/reproduction_table.py verify.json {args.out} --command "..."
+python -m tools.reproduction_table verify.json {args.out} --command "..."
 ```
 
 A broken run passes by going non-finite within its step budget (or by the device raising the documented error); a

@@ -1,6 +1,6 @@
 """Give a notebook reveal.js slide metadata from its headings, when it has none.
 
-Usage: python tools/slide_metadata.py [--check] NOTEBOOK [...]
+Usage: python -m tools.slide_metadata [--check] NOTEBOOK [...]
 
 A notebook whose cells already carry ``slideshow`` metadata is left as it is (its author chose). Otherwise: a
 markdown cell opening with a level-1 or level-2 heading starts a new slide, one opening with a level-3 heading a
@@ -58,7 +58,7 @@ def main() -> int:
             nbformat.write(notebook, path)
             print(f"{path}: slide metadata set from its headings")
     for path in missing:
-        print(f"{path}: no slide metadata (run python tools/slide_metadata.py {path})")
+        print(f"{path}: no slide metadata (run python -m tools.slide_metadata {path})")
     return 1 if missing else 0
 
 

@@ -1,6 +1,6 @@
 """Write student copies of notebooks: solutions removed, checks kept, outputs cleared.
 
-Usage: python tools/student_copies.py --out build/student NOTEBOOK [...]
+Usage: python -m tools.student_copies --out build/student NOTEBOOK [...]
 
 The nbgrader convention: in a code cell, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (markers
 included) become ``raise NotImplementedError("your answer here")`` at the markers' indentation; in a markdown
