@@ -1,5 +1,6 @@
 # make reproduce : build the environment, reproduce every cause in both frameworks, print the table, save plots
-# make test      : build the environment, run the package tests, every notebook (nbval) and the contract (3 seeds)
+# make test      : build the environment, lint (ruff), run the package tests, every notebook (nbval) and the contract
+#                  (3 seeds)
 # make lab       : open JupyterLab on the start-here notebook (as root too, e.g. in a container)
 # make student   : student copies of the notebooks in build/student (solutions removed, checks kept)
 # make slides    : reveal.js slide decks of the notebooks in build/slides (open offline)
@@ -30,6 +31,7 @@ reproduce: env
 	$(BIN)/nanlab verify --seeds 1 --device $(DEVICE) --plots results/plots --json results/reproduce.json
 
 test: env
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lab: env

@@ -195,7 +195,8 @@ def main():
           f"rounds of {steps} steps ({3 * rounds} for DDP); ratio = median of per-round ratios to the plain loop; "
           "last column: the quartiles of the per-round wall-clock ratios")
     print()
-    print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio | wall ratio, middle half of rounds |")
+    print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio "
+          "| wall ratio, middle half of rounds |")
     print("|---|---|---|---|---|---|---|")
     for label, (make_model, make_input) in MODELS.items():
         trainer = Trainer(make_model, make_input)

@@ -99,7 +99,8 @@ class Cause:
 
     @property
     def rule(self):
-        """This cause's diagnosis rule, ``diagnose(report) -> Verdict | None`` from its ``rule.py``; None without one."""
+        """This cause's diagnosis rule, ``diagnose(report) -> Verdict | None`` from its ``rule.py``; None without
+        one."""
         try:
             module = importlib.import_module(f"{self.package}.rule")
         except ModuleNotFoundError as missing:

@@ -23,8 +23,9 @@ CAUSE = Cause(
     id="masked-attention",
     number=13,
     title="Masked attention: a softmax over a row whose every key is masked with -inf",
-    mechanism="an additive mask of -inf makes exp(-inf) = 0 for padding keys; a row with no valid key is -inf everywhere, "
-              "the softmax's max-subtraction computes -inf - (-inf) = NaN and every weight of that row is NaN",
+    mechanism="an additive mask of -inf makes exp(-inf) = 0 for padding keys; a row with no valid key is -inf "
+              "everywhere, the softmax's max-subtraction computes -inf - (-inf) = NaN and every weight of that row "
+              "is NaN",
     when="at the first batch holding an empty or fully padded sequence (or a query whose causal/padding mask "
          "leaves no key), usually within a few steps; it comes and goes with the batch composition",
     symptom="loss NaN at an early, batch-dependent step; the forward pass's first NaN is the attention softmax, "
