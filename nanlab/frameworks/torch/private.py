@@ -17,6 +17,11 @@ working when a torch release moves one, and still stops on a NaN:
   (fused Adam): how the watch notices a scaler it was not given. Gone (``GradScaler.step`` no longer names it):
   ``scaler_is_stepping`` answers False and says so once on the ``nanlab.watch`` logger.
 
+- ``OptimizedModule._orig_mod``, the original module of a ``torch.compile``d model: the replay runs it eagerly and
+  the watch names its parameters (replaying through the compiled module would recompile for every instrumented
+  op). Gone: ``original_module`` returns the compiled module itself and says so once; localisation then replays
+  through the compiler, slower, and may meet dynamo's recompile limit.
+
 Two former private uses now have public replacements: ``torch.utils._pytree`` (the replay walks tuples, lists and
 dicts itself) and the ``AccumulateGrad`` node's name (the replay's walk over the autograd graph ends at nodes that
 hand their gradient to no other node, ``next_functions == ()``, which is what a parameter's accumulator is).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from typing import Callable
 
 import torch
@@ -85,6 +91,35 @@ def unhook_scaler(scaler) -> None:
 def scaler_original(scaler, name: str) -> Callable:
     """The scaler's own method ``name``, bound, under the shadow."""
     return getattr(type(scaler), name).__get__(scaler)
+
+
+# -- torch.compile: the original module --------------------------------------------------------------------------
+ORIG_MOD = "torch._dynamo.eval_frame.OptimizedModule._orig_mod"
+
+
+def compiled_module_class() -> type | None:
+    """``OptimizedModule``, the class of what ``torch.compile(module)`` returns, once dynamo is loaded (a compiled
+    model cannot exist before), else None."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    cls = getattr(eval_frame, "OptimizedModule", None)
+    return cls if isinstance(cls, type) else None
+
+
+def is_compiled(module) -> bool:
+    cls = compiled_module_class()
+    return cls is not None and isinstance(module, cls)
+
+
+def original_module(module):
+    """The eager module under a ``torch.compile``d one (``module`` itself when it is not compiled)."""
+    if not is_compiled(module):
+        return module
+    original = getattr(module, "_orig_mod", None)
+    if isinstance(original, torch.nn.Module):
+        return original
+    warn_once(ORIG_MOD, str(PrivateAPIMoved(ORIG_MOD, "the replay runs the compiled module itself (slower; it may "
+                                                      "reach dynamo's recompile limit)")))
+    return module
 
 
 # -- found_inf: a scaler stepping a fused optimizer ---------------------------------------------------------------

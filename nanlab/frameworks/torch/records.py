@@ -25,13 +25,17 @@ class MicroBatch:
     loss_args: tuple = ()
     loss_kwargs: dict = field(default_factory=dict)
     has_loss: bool = False  # watch.loss_fn was called on this forward's output
+    # The host's whole training computation of this micro-batch (``Watch.record_step``): the replay runs
+    # ``step_fn(*args, **kwargs)`` and takes its loss with ``loss_of``, instead of the model's forward.
+    step_fn: Callable | None = None
 
 
 @dataclass
 class BadStep:
     """Everything the replay (``replay.localise``) needs about the failing step."""
 
-    module: nn.Module  # the model to replay (the wrapped module under DistributedDataParallel: no collectives)
+    module: nn.Module  # the model to replay (the wrapped module under DistributedDataParallel: no collectives; the
+    # original module of a torch.compile'd model)
     params: list[nn.Parameter]
     names: dict[int, str]
     loss_fn: Callable | None

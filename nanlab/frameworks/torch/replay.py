@@ -127,16 +127,9 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
     try:
         _restore_rng(micro_batch.cpu_rng, micro_batch.cuda_rng)
         with _autocast(micro_batch.autocast), tracer:
-            output = model(*micro_batch.args, **micro_batch.kwargs)
-            tracer.path = [(LOSS_PATH, "loss")]
-            if bad.loss_fn is not None and micro_batch.has_loss:
-                if _check_labels(output, micro_batch.target, bad, report):
-                    return True
-                loss = bad.loss_fn(output, micro_batch.target, *micro_batch.loss_args, **micro_batch.loss_kwargs)
-            elif bad.loss_fn is None:
-                if _check_output_labels(output, micro_batch, bad, report):
-                    return True
-                loss = loss_of(output)
+            output, loss, located = _forward_and_loss(micro_batch, bad, report, tracer)
+            if located:
+                return True
         first_param = tracer.backward(loss * bad.scale if bad.scale else loss, params, bad.names) \
             if loss is not None else None
     finally:
@@ -161,6 +154,28 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
     return True
 
 
+def _forward_and_loss(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, tracer) -> tuple:
+    """Run one micro-batch's forward and loss under ``tracer``: ``(output, loss, located)``, ``located`` True when
+    its labels are already the fault (``report`` filled)."""
+    if micro_batch.step_fn is not None:
+        # The host's whole step (Watch.record_step): ops outside the model's modules are the loss's.
+        tracer.path = [(LOSS_PATH, "loss")]
+        output = micro_batch.step_fn(*micro_batch.args, **micro_batch.kwargs)
+        return output, loss_of(output), False
+    output = bad.module(*micro_batch.args, **micro_batch.kwargs)
+    tracer.path = [(LOSS_PATH, "loss")]
+    if bad.loss_fn is not None and micro_batch.has_loss:
+        if _check_labels(output, micro_batch.target, bad, report):
+            return output, None, True
+        return output, bad.loss_fn(output, micro_batch.target, *micro_batch.loss_args,
+                                   **micro_batch.loss_kwargs), False
+    if bad.loss_fn is None:
+        if _check_output_labels(output, micro_batch, bad, report):
+            return output, None, True
+        return output, loss_of(output), False
+    return output, None, False
+
+
 def _describe_overflow(bad: BadStep, report: NonFiniteReport) -> None:
     """Persistent loss-scaler skipping: say which op left its dtype's range, and by how much."""
     if not bad.overflow:
@@ -181,7 +196,13 @@ def _bad_rows_one_by_one(micro_batch: MicroBatch, bad: BadStep, output, batch: i
     rows = []
     with torch.no_grad(), _autocast(micro_batch.autocast):
         for i in range(min(batch, MAX_ROW_REPLAYS)):
-            if bad.loss_fn is not None and micro_batch.has_loss:
+            if micro_batch.step_fn is not None:
+                try:
+                    row_loss = loss_of(micro_batch.step_fn(*_row(micro_batch.args, i, batch),
+                                                           **_row(micro_batch.kwargs, i, batch)))
+                except Exception:  # noqa: BLE001 - a host's step that will not run on one row: no samples then
+                    return []
+            elif bad.loss_fn is not None and micro_batch.has_loss:
                 row_loss = bad.loss_fn(_row(output, i, batch), _row(micro_batch.target, i, batch),
                                        *_row(micro_batch.loss_args, i, batch),
                                        **_row(micro_batch.loss_kwargs, i, batch))

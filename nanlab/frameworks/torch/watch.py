@@ -75,6 +75,7 @@ from nanlab.watching.core import LOG, WatchCore
 from nanlab.watching.vocabulary import Phase, dtype_max, op_family
 
 OPTIONS = ("scaler",)
+CHECK_AT = ("optimizer", "host")  # where the check runs: the optimizer's step pre-hook, or the host's own event
 # The one-step status vector, one row per rank: mean loss, gradient norm (unscaled), bad labels, loss scale used,
 # loss scale after the scaler's update.
 LOSS, GRAD_NORM, BAD_LABELS, SCALE, SCALE_AFTER = range(5)
@@ -139,20 +140,24 @@ class Watch:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                 loss_fn: Callable | None = None, training: Training | None = None, scaler=None,
-                 policy: WatchPolicy | None = None):
+                 loss_fn: Callable | None = None, training: Training | None = None, *,
+                 policy: WatchPolicy | None = None, scaler=None, check_at: str = "optimizer"):
         if not isinstance(model, nn.Module):
             raise NanlabError(f"nanlab.watch needs a torch.nn.Module (or a Training), got {type(model).__name__}")
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise NanlabError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
-        self.model, self.optimizer, self.training = model, optimizer, training
+        if check_at not in CHECK_AT:
+            raise NanlabError(f"check_at must be one of {', '.join(map(repr, CHECK_AT))}, got {check_at!r}")
+        self.model, self.optimizer, self.training, self.check_at = model, optimizer, training, check_at
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.core = WatchCore(policy)
         self._user_loss = loss_fn
         self._ignore_index = _ignore_index_of(loss_fn)
         self._module = model.module if isinstance(model, DistributedDataParallel) else model
-        self._names = {id(p): name for name, p in self._module.named_parameters()}
-        self._params = [p for p in self._module.parameters() if p.requires_grad]
+        # The module the replay runs and whose parameters are named: a torch.compile'd model's original module.
+        self._eager = private.original_module(self._module)
+        self._names = {id(p): name for name, p in self._eager.named_parameters()}
+        self._params = [p for p in self._eager.parameters() if p.requires_grad]
         self._group = _process_group(model)
         self._handles: list[Any] = []
         self._micro_batches: list[MicroBatch] = []
@@ -185,6 +190,12 @@ class Watch:
     def policy(self) -> WatchPolicy:
         return self.core.policy
 
+    @property
+    def eager_module(self) -> nn.Module:
+        """The module the replay runs: the model itself, the module a ``DistributedDataParallel`` wraps, or the
+        original module of a ``torch.compile``d model (replaying through the compiled one would recompile)."""
+        return self._eager
+
     # -- attaching -----------------------------------------------------------------------------------------------
     def __enter__(self) -> "Watch":
         self._handles.append(self.model.register_forward_pre_hook(self._record_forward, with_kwargs=True))
@@ -196,6 +207,8 @@ class Watch:
         if self.scaler is not None and self._scaler_unhooked is None:
             private.hook_scaler(self.scaler, {"step": self._scaler_step, "unscale_": self._scaler_unscale_,
                                               "update": self._scaler_update})
+        elif self.check_at == "host":
+            pass  # the host adapter calls before_update at its own pre-optimizer event
         elif self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
         else:
@@ -239,10 +252,33 @@ class Watch:
                 self._check_loss_now()
         return loss
 
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """A loss the host computed outside the model's forward (Lightning's ``training_step`` result, the
+        Transformers Trainer's ``compute_loss_func``): counted in this step's check. No host read here."""
+        if isinstance(loss, torch.Tensor) and loss.is_floating_point() and torch.is_grad_enabled() \
+                and not self.stopped:
+            self._add_loss(loss)
+            if self._scaler_unhooked is not None:
+                self._check_loss_now()
+
+    def record_step(self, fn: Callable, args: tuple = (), kwargs: dict | None = None) -> None:
+        """The host says what one micro-batch's training computation is, *before* it runs it: ``fn(*args,
+        **kwargs)`` returns the loss (a scalar tensor, a dict with ``"loss"``, an object with ``.loss``). Recorded
+        by reference with the RNG and autocast state, like a forward pass; the replay re-runs ``fn`` instrumented
+        instead of the model's forward alone. The forward passes inside it are not recorded again."""
+        if torch.is_grad_enabled() and not self.stopped:
+            self._micro_batches.append(self._micro_batch(tuple(args), dict(kwargs or {}), step_fn=fn))
+
     def _record_forward(self, module, args, kwargs) -> None:
         if torch.is_grad_enabled() and not self.stopped:
-            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-            self._micro_batches.append(MicroBatch(args, kwargs, torch.get_rng_state(), cuda_rng, _autocast_state()))
+            if self._micro_batches and self._micro_batches[-1].step_fn is not None:
+                return  # a forward pass inside the step the host recorded: the replay re-runs the whole step
+            self._micro_batches.append(self._micro_batch(args, kwargs))
+
+    @staticmethod
+    def _micro_batch(args: tuple, kwargs: dict, step_fn: Callable | None = None) -> MicroBatch:
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return MicroBatch(args, kwargs, torch.get_rng_state(), cuda_rng, _autocast_state(), step_fn=step_fn)
 
     def _record_output_loss(self, module, args, output) -> None:
         loss = loss_of(output)
@@ -265,6 +301,20 @@ class Watch:
         return torch.where(bad, 0, target), bad.sum()
 
     # -- the check, once per optimizer step ----------------------------------------------------------------------
+    def before_update(self, drop_update: Callable[[], None] | None = None) -> None:
+        """The check of a host adapter (``check_at="host"``), called at its own pre-optimizer event, after the
+        step's backward passes (and any clipping), before the update: one host read; at a bad step the policy
+        acts through the core (raise: ``NonFiniteError``; stop: ``stopped``; skip: the update is dropped, by
+        ``drop_update`` when given, else by setting the gradients to None). With a loss scaler the check runs in
+        ``scaler.update`` as in a plain loop, and this only drops the updates of a stopped watch."""
+        drop = drop_update or self._drop_gradients
+        if self.stopped:
+            drop()
+            return
+        if self.scaler is not None and self._scaler_unhooked is None:
+            return
+        self._check(self._grad_norm(), None, None, drop_update=drop)
+
     def _before_update(self, optimizer, args, kwargs) -> None:
         if self.stopped:
             self._drop_gradients()
@@ -379,7 +429,7 @@ class Watch:
             report = self._update_report(bad, found_at=self.step)
         else:
             report = self._base_report(status, overflow)
-            bad_step = BadStep(self._module, self._params, self._names, self._user_loss, list(self._micro_batches),
+            bad_step = BadStep(self._eager, self._params, self._names, self._user_loss, list(self._micro_batches),
                                scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow)
             report = _localised(bad_step, report)
         if self._scaler_unhooked is not None:
