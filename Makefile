@@ -1,6 +1,8 @@
 # make reproduce : build the environment, reproduce every cause in both frameworks, print the table, save plots
 # make test      : build the environment, lint (ruff), run the package tests, every notebook (nbval) and the contract
 #                  (3 seeds)
+# make test-quick: lint and the quick tier, pytest -m "not slow": the package tests without the notebooks, the
+#                  contract, the browser and the distributed tests (about 3 minutes on 2 cores)
 # make lab       : open JupyterLab on the start-here notebook (as root too, e.g. in a container)
 # make student   : student copies of the notebooks in build/student (solutions removed, checks kept)
 # make slides    : reveal.js slide decks of the notebooks in build/slides (open offline)
@@ -16,7 +18,7 @@ NOTEBOOKS = notebooks/00-start-here.ipynb $(sort $(wildcard notebooks/pytorch/*.
 # Jupyter refuses to start as root ("Running as root is not recommended") unless told to
 LAB_FLAGS = $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: env reproduce test lab notebooks student slides site doctor
+.PHONY: env reproduce test test-quick lab notebooks student slides site doctor
 
 env: $(VENV)/.installed
 
@@ -33,6 +35,10 @@ reproduce: env
 test: env
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+test-quick: env
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lab: env
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00-start-here.ipynb

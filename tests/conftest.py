@@ -1,5 +1,5 @@
-"""Shared pytest set-up: TensorFlow's environment before any test imports it, the ``browser`` marker, and the
-frameworks as fixtures.
+"""Shared pytest set-up: TensorFlow's environment before any test imports it, the ``browser`` and ``slow``
+markers, and the frameworks as fixtures.
 
 Many test modules import TensorFlow directly, before nanlab's TensorFlow backend (which sets these defaults) would.
 Without oneDNN's reordered float sums off, CPU results depend on which module happened to import TensorFlow first
@@ -15,6 +15,33 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives JupyterLab in headless Chromium (skips without a browser)")
+    config.addinivalue_line("markers", "slow: left out of the quick tier, `pytest -m \"not slow\"` (`make test-quick`)")
+
+
+# The quick tier (`pytest -m "not slow"`, `make test-quick`) leaves out what takes minutes. Whole kinds, by path,
+# so that new ones are slow from the start: every notebook nbval runs (any .ipynb), the reproduction contract (any
+# tests/test_contract*.py), the browser tests and the distributed watch.
+SLOW_MODULES = ("test_contract", "test_browser.py", "test_watch_torch_distributed.py")
+# Single slow tests, as "module::test" (every parameter) or "module::test[id]" (that one), with the seconds each took
+# on 2 cores (OMP_NUM_THREADS=1, `pytest -m "not slow" --durations=25`): the ones that execute a notebook, the
+# MirroredStrategy fit, and a 10-seed TensorFlow comparison.
+SLOW_TESTS = {
+    "test_notebooks.py::test_notebook_with_other_parameters_matches_the_cli": "24.9 s tensorflow, 12.7 s torch",
+    "test_student.py::test_a_real_student_copy_fails_only_in_its_exercises": "21.0 s tensorflow, 9.5 s pytorch",
+    "test_causes_labels_and_rnn.py::test_clip_by_value_keeps_runs_finite_but_learns_on_fewer_seeds_than_clip_by_norm"
+    "[tensorflow]": "25.9 s",
+    "test_watch_keras_lowlevel.py::test_fit_under_mirrored_strategy_on_two_logical_cpus": "7.5 s",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path
+        test = getattr(item, "originalname", item.name)
+        if (path.suffix == ".ipynb" or path.name.startswith(SLOW_MODULES)
+                or f"{path.name}::{test}" in SLOW_TESTS or f"{path.name}::{item.name}" in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 # The frameworks as fixtures: a test that asks for one is skipped where it is not installed, and TensorFlow is
