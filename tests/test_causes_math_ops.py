@@ -489,3 +489,30 @@ def test_keras_variants_are_named(tf, keras):
     report = _keras_fit(keras, model, sequences, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert (report.cause, report.module, report.op, report.samples) == ("masked-attention", "attention", "softmax",
                                                                          [7]), str(report)
+
+
+def test_a_fractional_power_at_zero_is_named_sqrt_at_zero_in_keras(tf, keras):
+    """The torch siamese distance (... ** 0.5 over a duplicated pair) in Keras. (The stuck-sensor variance has no
+    Keras twin: TensorFlow's batched reductions give exactly 0 for a constant row, so nothing rounds below 0.)"""
+
+    class Distance(keras.layers.Layer):
+        def build(self, input_shape):
+            self.embed = keras.layers.Dense(3)
+
+        def call(self, pair):
+            a, b = self.embed(pair[:, 0]), self.embed(pair[:, 1])
+            return tf.reduce_sum((a - b) ** 2, axis=1, keepdims=True) ** 0.5
+
+    def contrastive(same, distance):
+        return tf.reduce_mean(same * distance + (1 - same) * tf.nn.relu(1 - distance))
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    pairs = rng.normal(size=(16, 2, 4)).astype(np.float32)
+    pairs[5, 1] = pairs[5, 0]  # a duplicated record paired with itself
+    same = (rng.random(16) < 0.5).astype(np.float32)[:, None]
+    model = keras.Sequential([keras.Input((2, 4)), Distance(name="distance")])
+    report = _keras_fit(keras, model, pairs, same, contrastive)
+    assert (report.cause, report.phase, report.op, report.samples) == ("sqrt-at-zero", "backward", "pow", [5]), \
+        str(report)
+    assert "fractional power" in report.cause_reason
