@@ -24,7 +24,7 @@ env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[torch,tensorflow,dev]" 2>&1 \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[torch,tensorflow,integrations,dev]" 2>&1 \
 		| grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import nanlab.frameworks.torch.loop, nanlab.frameworks.tensorflow.loop, nbval, papermill"
 	touch $@

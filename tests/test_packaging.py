@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_environment_yml_matches_pyproject_extras():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {*project["dependencies"], *extras["torch"], *extras["tensorflow"], *extras["dev"]}
+    wanted = {*project["dependencies"], *extras["torch"], *extras["tensorflow"], *extras["integrations"],
+              *extras["dev"]}
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert environment["channels"] == ["conda-forge"]
     conda = [item for item in environment["dependencies"] if isinstance(item, str)]

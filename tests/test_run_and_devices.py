@@ -65,9 +65,11 @@ def test_seed_everything_seeds_python_and_numpy():
     assert drawn == (random.random(), np.random.rand())
 
 
-def test_import_nanlab_imports_no_framework():
-    code = ("import sys, nanlab; nanlab.list_causes(); "
-            "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))")
+def test_import_nanlab_imports_no_framework_and_no_integration():
+    """Not even recognising hosts does: nanlab.watch on a plain object looks for trainers only among loaded modules."""
+    code = ("import sys, nanlab; nanlab.list_causes(); from nanlab.frameworks import host_of; host_of(object()); "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'accelerate', 'lightning', "
+            "'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
