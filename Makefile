@@ -8,6 +8,8 @@
 # make slides    : reveal.js slide decks of the notebooks in build/slides (open offline)
 # make site      : a static site of every executed notebook in build/site (open build/site/index.html)
 # make doctor    : check this machine: versions, devices, CUDA, the notebooks' kernel
+# make gpu-check  : on a CUDA machine, ~10 min: the catalogue on the GPU (1 seed), the watch's CUDA tests and the
+#                  torch benchmarks, written to docs/reproduction-cuda.md (on a CPU machine: one line, exit 0)
 # make reproduce DEVICE=cuda : reproduce on the GPU (default: auto, the GPU when there is one)
 VENV ?= .venv
 PYTHON ?= python3
@@ -18,7 +20,7 @@ NOTEBOOKS = notebooks/00-start-here.ipynb $(sort $(wildcard notebooks/pytorch/*.
 # Jupyter refuses to start as root ("Running as root is not recommended") unless told to
 LAB_FLAGS = $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: env reproduce test test-quick lab notebooks student slides site doctor
+.PHONY: gpu-check env reproduce test test-quick lab notebooks student slides site doctor
 
 env: $(VENV)/.installed
 
@@ -57,3 +59,6 @@ site: env
 
 doctor: env
 	$(BIN)/nanlab doctor
+
+gpu-check: env
+	$(BIN)/python -m tools.gpu_check

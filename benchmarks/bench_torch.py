@@ -2,6 +2,7 @@
 
     python benchmarks/bench_torch.py            # every model, the GradScaler variant and 2-rank DDP
     python benchmarks/bench_torch.py --quick    # fewer rounds
+    python benchmarks/bench_torch.py --device cuda   # on a GPU (no DDP row; each round ends in a device sync)
 
 Models: a small CNN, an RNN, a small transformer block; the CNN again under float16 autocast with a GradScaler; and
 a 2-rank DistributedDataParallel run over gloo (the watch adds no collective on a healthy step: it reads the
@@ -83,13 +84,14 @@ AMP_MODEL = "small CNN, float16 autocast + GradScaler"
 class Trainer:
     """One model, optimizer and batch, trained under each variant in turn."""
 
-    def __init__(self, make_model, make_input, amp=False):
+    def __init__(self, make_model, make_input, amp=False, device="cpu"):
         torch.manual_seed(0)
-        self.model = make_model()
+        self.device = device
+        self.model = make_model().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.x = make_input()
-        self.y = torch.randint(0, 10, (self.x.shape[0],))
-        self.scaler = torch.amp.GradScaler("cpu") if amp else None
+        self.x = make_input().to(device)
+        self.y = torch.randint(0, 10, (self.x.shape[0],)).to(device)
+        self.scaler = torch.amp.GradScaler(device) if amp else None
 
     def run(self, variant: str, steps: int) -> None:
         loss_fn, hooks, context = F.cross_entropy, [], contextlib.nullcontext()
@@ -107,13 +109,15 @@ class Trainer:
                     loss_fn(self.model(self.x), self.y).backward()
                     self.optimizer.step()
                 else:
-                    with torch.autocast("cpu", dtype=torch.float16):
+                    with torch.autocast(self.device, dtype=torch.float16):
                         loss = loss_fn(self.model(self.x), self.y)
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
         for hook in hooks:
             hook.remove()
+        if self.device == "cuda":
+            torch.cuda.synchronize()  # the round's time includes the kernels it queued, for every variant alike
 
 
 def _check_output(module, args, output):
@@ -185,29 +189,35 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run; noisier ratios)")
     parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per model (default 41)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "bench_torch: --device cuda, but torch sees no CUDA GPU here\n")
     # 20 steps a round: a round of 5 small-CNN steps lasts ~30 ms, where one scheduler hiccup moves a ratio by
     # several percent (two full runs of 5-step rounds read the CNN at 1.034x and 1.062x).
     rounds, steps, warmup = (6, 3, 2) if args.quick else (args.rounds, 20, 5)
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     torch.set_num_threads(THREADS)
-    print(f"torch {torch.__version__}, CPU, {THREADS} threads (DDP: 2 ranks x 1 thread, gloo); {rounds} interleaved "
-          f"rounds of {steps} steps ({3 * rounds} for DDP); ratio = median of per-round ratios to the plain loop; "
-          "last column: the quartiles of the per-round wall-clock ratios")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {where}, {THREADS} threads (DDP: 2 ranks x 1 thread, gloo); {rounds} "
+          f"interleaved rounds of {steps} steps ({3 * rounds} for DDP); ratio = median of per-round ratios to the "
+          "plain loop; last column: the quartiles of the per-round wall-clock ratios")
     print()
     print("| model | variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio "
           "| wall ratio, middle half of rounds |")
     print("|---|---|---|---|---|---|---|")
     for label, (make_model, make_input) in MODELS.items():
-        trainer = Trainer(make_model, make_input)
+        trainer = Trainer(make_model, make_input, device=args.device)
         variants = ("plain loop", "nanlab.watch") + (ANCHORS if "CNN" in label or "RNN" in label else ())
         print("\n".join(table_rows(label, interleaved(trainer.run, variants, rounds, steps, warmup))), flush=True)
-    trainer = Trainer(SmallCNN, lambda: torch.randn(64, 1, 28, 28), amp=True)
+    trainer = Trainer(SmallCNN, lambda: torch.randn(64, 1, 28, 28), amp=True, device=args.device)
     print("\n".join(table_rows(AMP_MODEL, interleaved(trainer.run, ("plain loop", "nanlab.watch"), rounds, steps,
                                                       warmup))), flush=True)
     # Three times the rounds for DDP: two processes meeting in every step's all-reduce make single rounds differ by
     # +-20% (the middle half of 81 rounds spans 0.91-1.21), so the median needs more of them to settle.
-    print("\n".join(table_rows("2-rank DDP small CNN (32 per rank, rank 0's clock)", ddp(3 * rounds, steps, warmup))))
+    if args.device == "cpu":
+        print("\n".join(table_rows("2-rank DDP small CNN (32 per rank, rank 0's clock)",
+                                   ddp(3 * rounds, steps, warmup))))
     print(f"\n(command: python {' '.join(sys.argv)})")
 
 

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives JupyterLab in headless Chromium (skips without a browser)")
     config.addinivalue_line("markers", "slow: left out of the quick tier, `pytest -m \"not slow\"` (`make test-quick`)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skips without one); `make gpu-check` runs them")
 
 
 # The quick tier (`pytest -m "not slow"`, `make test-quick`) leaves out what takes minutes. Whole kinds, by path,
