@@ -1,6 +1,17 @@
 """Per-step cost of watching Keras ``fit`` for NaN, as ratios to plain ``fit``, measured in one run.
 
     python benchmarks/bench_keras.py [--rounds N] [--markdown PATH]
+    python benchmarks/bench_keras.py --memory [--rounds N] [--steps N] [--markdown PATH]
+
+``--memory``: peak memory and time per step of plain ``fit`` and ``fit`` with the nanlab callback, on the
+transformer block below and on a 10.5-million-parameter MLP, both trained with Adam (whose two moments per weight
+the watch must not copy). Each fit runs in a fresh Python process, so that one variant's allocations cannot lower
+or raise another's peak; the variants alternate in rounds, and a ratio is the median over rounds of the watched
+run's value over the plain run's in the same round. Memory is measured two ways: the peak of TensorFlow's own
+allocations on the CPU during the fit (``tf.config.experimental.get_memory_info("CPU:0")``: weights, optimizer
+state, activations, the watch's variables and copies; TensorFlow's BFC allocator serves the CPU for this, since
+its default CPU allocator keeps no statistics) and the process's peak resident set (``ru_maxrss``: the whole
+process, TensorFlow's runtime and Python included).
 
 Models: a small CNN, a small transformer block (self-attention + feed-forward), and the small CNN under the
 ``mixed_float16`` policy (with Keras' LossScaleOptimizer). Variants: plain ``fit``; ``fit`` with the nanlab
@@ -15,8 +26,12 @@ over rounds of (its median step / plain fit's median step in the same round); ro
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -152,18 +167,135 @@ def table(rows: list[dict], rounds: int) -> str:
     return "\n".join(lines)
 
 
+# -- --memory: peak memory and step time, plain fit and the watched fit, one fresh process per fit ---------------
+MEMORY_VARIANTS = ("plain fit", "nanlab callback")
+# With oneDNN off (nanlab's default, for CPU sums in a fixed order) TensorFlow keeps no allocation statistics on the
+# CPU unless its BFC allocator serves it there; both variants run with it.
+CHILD_ENVIRONMENT = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+
+
+def wide_mlp() -> keras.Model:
+    """10 Dense layers 1024 wide on 1024 features: 10.5 million parameters (42 MB in float32, Adam's moments 84 MB)."""
+    layers = [keras.Input((1024,))] + [keras.layers.Dense(1024, activation="relu") for _ in range(10)]
+    return keras.Sequential(layers + [keras.layers.Dense(10, dtype="float32")])
+
+
+MEMORY_MODELS = {
+    "transformer block (4 heads, d=64, 64 x 32 tokens), Adam": (transformer_block, "tokens"),
+    "MLP 10 x 1024 (10.5M parameters, 64 x 1024), Adam": (wide_mlp, "features"),
+}
+
+
+def memory_data(kind: str, steps: int):
+    rng = np.random.default_rng(0)
+    if kind == "tokens":
+        x = rng.integers(0, 1000, size=(BATCH * steps, 32)).astype(np.int32)
+    else:
+        x = rng.normal(size=(BATCH * steps, 1024)).astype(np.float32)
+    return x, rng.integers(0, 10, BATCH * steps)
+
+
+def memory_child(model_name: str, variant: str, steps: int) -> dict:
+    """One fit in this (fresh) process: its peaks and its median step times, as a dict."""
+    make, kind = MEMORY_MODELS[model_name]
+    keras.utils.set_random_seed(0)
+    model = make()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = memory_data(kind, steps)
+    clock = StepClock()
+    callbacks = [clock] + ([nanlab.watch(model)] if variant == "nanlab callback" else [])
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        tracked = True
+    except (ValueError, RuntimeError):
+        tracked = False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    wall, cpu = clock.median_steps()
+    return {"parameters": model.count_params(),
+            "tensor peak MB": tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20 if tracked else None,
+            "rss peak MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss before fit MB": before / 1024, "wall ms": 1e3 * wall, "cpu ms": 1e3 * cpu}
+
+
+def measure_memory(rounds: int, steps: int) -> list[dict]:
+    runs = {(name, variant): [] for name in MEMORY_MODELS for variant in MEMORY_VARIANTS}
+    for index in range(rounds):
+        for name in MEMORY_MODELS:
+            order = MEMORY_VARIANTS if index % 2 == 0 else MEMORY_VARIANTS[::-1]
+            for variant in order:
+                done = subprocess.run([sys.executable, __file__, "--child", name, variant, "--steps", str(steps)],
+                                      capture_output=True, text=True, check=True, env=CHILD_ENVIRONMENT)
+                runs[name, variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for name in MEMORY_MODELS:
+        plain = runs[name, "plain fit"]
+        for variant in MEMORY_VARIANTS:
+            own = runs[name, variant]
+
+            def median(key, values=own):
+                found = [run[key] for run in values if run[key] is not None]
+                return statistics.median(found) if found else None
+
+            def ratio(key):
+                pairs = [(a[key], b[key]) for a, b in zip(own, plain) if a[key] is not None and b[key]]
+                return statistics.median(a / b for a, b in pairs) if pairs else None
+
+            rows.append({"model": name, "variant": variant, "parameters": own[0]["parameters"],
+                         **{key: median(key) for key in ("tensor peak MB", "rss peak MB", "wall ms", "cpu ms")},
+                         **{f"{key} ratio": ratio(key) for key in ("tensor peak MB", "rss peak MB", "wall ms",
+                                                                   "cpu ms")}})
+    return rows
+
+
+def memory_table(rows: list[dict], rounds: int, steps: int) -> str:
+    lines = [f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPU, {THREADS} threads; {rounds} rounds, each "
+             f"fit ({steps} steps of batch {BATCH}) in a fresh process, the variants alternating; ratio = median of "
+             "per-round ratios to plain fit; tensor peak = TensorFlow's peak CPU allocation during the fit, RSS = the "
+             "process's peak resident set", "",
+             "| model | variant | tensor peak MB | ratio | peak RSS MB | ratio | wall ms / step | ratio | "
+             "CPU ms / step | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(value, form):
+        return "n/a" if value is None else format(value, form)
+
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['variant']} | {cell(row['tensor peak MB'], '.1f')} | "
+                     f"{cell(row['tensor peak MB ratio'], '.3f')}x | {cell(row['rss peak MB'], '.0f')} | "
+                     f"{cell(row['rss peak MB ratio'], '.3f')}x | {cell(row['wall ms'], '.2f')} | "
+                     f"{cell(row['wall ms ratio'], '.3f')}x | {cell(row['cpu ms'], '.2f')} | "
+                     f"{cell(row['cpu ms ratio'], '.3f')}x |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds (default 25)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 25; --memory: 3)")
     parser.add_argument("--markdown", help="also write the table, with the command, to this Markdown file")
+    parser.add_argument("--memory", action="store_true", help="peak memory and step time, plain vs watched fit")
+    parser.add_argument("--steps", type=int, default=30, help="--memory: steps per fit (default 30)")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(THREADS)
-    text = table(measure(args.rounds), args.rounds)
+    if args.child:
+        print(json.dumps(memory_child(*args.child, args.steps)))
+        return
+    if args.memory:
+        rounds = args.rounds or 3
+        text = memory_table(measure_memory(rounds, args.steps), rounds, args.steps)
+        command = f"{COMMAND} --memory --rounds {rounds} --steps {args.steps}"
+        title = "## TensorFlow / Keras: peak memory and time, plain fit vs the watched fit"
+    else:
+        rounds = args.rounds or 25
+        text = table(measure(rounds), rounds)
+        command, title = COMMAND, "## TensorFlow / Keras"
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as out:
-            out.write(f"## TensorFlow / Keras\n\n```\n{COMMAND} --markdown {args.markdown}\n```\n\n{text}\n")
+            out.write(f"{title}\n\n```\n{command} --markdown {args.markdown}\n```\n\n{text}\n")
 
 
 if __name__ == "__main__":
