@@ -163,7 +163,8 @@ def table(rows: list[dict], rounds: int) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['variant']} | {row['wall ms']:.2f} | {row['wall ratio']:.3f}x | "
-                     f"{row['cpu ms']:.2f} | {row['cpu ratio']:.3f}x | {row['wall spread'][0]:.3f}-{row['wall spread'][1]:.3f} |")
+                     f"{row['cpu ms']:.2f} | {row['cpu ratio']:.3f}x | "
+                     f"{row['wall spread'][0]:.3f}-{row['wall spread'][1]:.3f} |")
     return "\n".join(lines)
 
 

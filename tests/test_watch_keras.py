@@ -388,3 +388,23 @@ def test_float_class_ids_under_a_sparse_loss_are_still_checked():
         model.fit(x[:4 * 32], y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
     report = raised.value.report
     assert (report.step, report.phase, report.samples) == (2, "data", [5]) and "9" in report.label_problem
+
+
+def test_a_backward_culprit_is_traced_to_the_forward_op_its_layer_and_samples():
+    """sqrt at 0 is finite forward; its gradient op (SqrtGrad) is the first to go non-finite. The report names the
+    layer where the sqrt ran (not the layer of the first bad parameter), the sqrt's own input (an exact 0), and
+    the samples whose gradient went non-finite."""
+    from nanlab.watching.vocabulary import OpFamily
+
+    cause = nanlab.get_cause("sqrt-at-zero")
+    seed_everything(0, "tensorflow")
+    training = cause.recipe("tensorflow").SETTINGS["broken"](seed=0, device="cpu")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(training):
+            keras_loop.train(training, cause.steps)
+    report = raised.value.report
+    assert (report.phase, report.op, report.op_family) == ("backward", "sqrtgrad", OpFamily.SQRT)
+    assert (report.module, report.module_kind) == ("std_pooling", "StdPooling")
+    assert len(report.op_inputs) == 1 and report.op_inputs[0].zeros > 0 and report.op_inputs[0].negatives == 0
+    assert report.op_inputs[0].dtype == "float32" and report.op_inputs[0].nonfinite == 0
+    assert report.samples and len(report.samples) < report.batch_size

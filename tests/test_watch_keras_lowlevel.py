@@ -167,3 +167,40 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus():
         assert run["step"] > 2 and run["finite"]
         np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-4)
         np.testing.assert_allclose(run["grad_norms"], single["grad_norms"], rtol=1e-4)
+
+
+def test_tensorflow_names_map_onto_the_shared_vocabulary():
+    from nanlab.frameworks.tensorflow.names import OP_FAMILIES, dtype_name, is_sparse_loss, optimizer_facts
+    from nanlab.watching.vocabulary import OpFamily, op_family
+
+    expected = {"RealDiv": OpFamily.DIV, "DivNoNan": OpFamily.DIV, "Reciprocal": OpFamily.DIV,
+                "Log": OpFamily.LOG, "Log1p": OpFamily.LOG, "Xlogy": OpFamily.LOG, "Sqrt": OpFamily.SQRT,
+                "SqrtGrad": OpFamily.SQRT, "Rsqrt": OpFamily.RSQRT, "RsqrtGrad": OpFamily.RSQRT,
+                "Pow": OpFamily.POW, "Exp": OpFamily.EXP, "Softmax": OpFamily.SOFTMAX,
+                "LogSoftmax": OpFamily.SOFTMAX, "EuclideanNorm": OpFamily.NORM, "Mean": OpFamily.REDUCE,
+                "Sum": OpFamily.REDUCE, "MatMul": OpFamily.MATMUL, "BatchMatMulV2": OpFamily.MATMUL,
+                "Conv2D": OpFamily.MATMUL, "Acos": OpFamily.INVERSE_TRIG, "Atanh": OpFamily.INVERSE_TRIG,
+                "Sin": OpFamily.TRIG, "AddV2": OpFamily.ELEMENTWISE, "Mul": OpFamily.ELEMENTWISE,
+                "Relu": OpFamily.ACTIVATION, "Tanh": OpFamily.ACTIVATION, "Softplus": OpFamily.ACTIVATION,
+                "SelectV2": OpFamily.FILL, "Fill": OpFamily.FILL, "FusedBatchNormV3": OpFamily.NORMALIZATION,
+                "SparseSoftmaxCrossEntropyWithLogits": OpFamily.LOGIT_LOSS, "Unheard": OpFamily.OTHER}
+    assert {name: op_family(name, OP_FAMILIES) for name in expected} == expected
+    assert all(name == name.lower() for name in OP_FAMILIES)
+
+    assert (dtype_name(tf.float16), dtype_name("bfloat16"), dtype_name(np.float32)) == ("float16", "bfloat16",
+                                                                                        "float32")
+    adam = keras.optimizers.Adam(1e-3, epsilon=1e-8, weight_decay=0.01)
+    facts = optimizer_facts(adam, [tf.Variable(tf.zeros(2, tf.float16))])
+    assert (facts.kind, facts.learning_rate, facts.eps, facts.betas, facts.weight_decay, facts.param_dtype) == (
+        "Adam", pytest.approx(1e-3), 1e-8, (0.9, 0.999), 0.01, "float16")
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=1024.0)
+    scaled.build([tf.Variable(tf.zeros(2))])
+    facts = optimizer_facts(scaled)
+    assert (facts.kind, facts.momentum, facts.eps, facts.betas, facts.loss_scale) == ("SGD", 0.9, None, None, 1024.0)
+    assert optimizer_facts(None) is None
+
+    assert is_sparse_loss(keras.losses.SparseCategoricalCrossentropy()) and is_sparse_loss(
+        "sparse_categorical_crossentropy") and is_sparse_loss(keras.losses.sparse_categorical_crossentropy)
+    assert is_sparse_loss(tf.function(keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
+    assert not is_sparse_loss("mse") and not is_sparse_loss(keras.losses.CategoricalCrossentropy()) and \
+        not is_sparse_loss(None)

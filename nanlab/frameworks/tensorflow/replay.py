@@ -296,8 +296,8 @@ class _OpRecorder:
     """While active, watches every eager op and keeps the first that turned good inputs into NaN/Inf (``found``).
 
     With ``record`` (a ``ForwardRecord``), it also keeps every op it sees; given the ``forward`` record, a backward
-    recorder traces its culprit to the forward op whose gradient it computes. The callback reads tensors with NumPy only: running TensorFlow
-    ops inside it would call it again.
+    recorder traces its culprit to the forward op whose gradient it computes. The callback reads tensors with NumPy
+    only: running TensorFlow ops inside it would call it again.
     """
 
     def __init__(self, tracer: _LayerTracer | None, batch: int, record: "ForwardRecord | None" = None,
@@ -421,11 +421,12 @@ def _stats(array: np.ndarray, dtype: str) -> InputStats:
     array = np.asarray(array)
     finite = array[np.isfinite(array)].astype(np.float64)
     magnitudes = np.abs(finite)
+    some = finite.size > 0
     return InputStats(dtype=dtype, size=int(array.size), zeros=int(np.count_nonzero(array == 0)),
                       negatives=int(np.count_nonzero(array < 0)), nonfinite=int(array.size - finite.size),
-                      min=float(finite.min()) if finite.size else None, max=float(finite.max()) if finite.size else None,
-                      min_abs=float(magnitudes.min()) if finite.size else None,
-                      max_abs=float(magnitudes.max()) if finite.size else None)
+                      min=float(finite.min()) if some else None, max=float(finite.max()) if some else None,
+                      min_abs=float(magnitudes.min()) if some else None,
+                      max_abs=float(magnitudes.max()) if some else None)
 
 
 def _rows(array: np.ndarray, batch: int) -> list[int]:
