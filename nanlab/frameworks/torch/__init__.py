@@ -1,5 +1,5 @@
 """PyTorch: declared here without importing torch; ``backend``, ``loop``, ``watch`` and ``replay`` do."""
-from nanlab.frameworks import Framework
+from nanlab.frameworks import Framework, Host
 
 FRAMEWORK = Framework(
     name="torch",
@@ -11,4 +11,7 @@ FRAMEWORK = Framework(
     root_modules=("torch",),
     watchable="a torch.nn.Module",
     package=__name__,
+    hosts=(
+        Host("transformers", "transformers.Trainer", f"{__name__}.hosts.transformers"),
+    ),
 )

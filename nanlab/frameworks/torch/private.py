@@ -22,6 +22,13 @@ working when a torch release moves one, and still stops on a NaN:
   op). Gone: ``original_module`` returns the compiled module itself and says so once; localisation then replays
   through the compiler, slower, and may meet dynamo's recompile limit.
 
+- A host's own attribute, replaced on one instance for the length of a run (``replace_attribute``): the
+  Transformers ``Trainer``'s ``compute_loss_func`` or ``label_smoother``, the function that computes the loss outside
+  the model, given the watch's recording ``loss_fn`` in its place so that the loss is checked and can be replayed
+  (no public event sees the labels or the loss). Only a plain instance attribute is replaced (``vars(obj)``), never
+  a class attribute or a property. Not one any more (a release turned it into a property, say): the host keeps its
+  own function and the watch checks the gradients alone, saying so in the report.
+
 Two former private uses now have public replacements: ``torch.utils._pytree`` (the replay walks tuples, lists and
 dicts itself) and the ``AccumulateGrad`` node's name (the replay's walk over the autograd graph ends at nodes that
 hand their gradient to no other node, ``next_functions == ()``, which is what a parameter's accumulator is).
@@ -120,6 +127,27 @@ def original_module(module):
     warn_once(ORIG_MOD, str(PrivateAPIMoved(ORIG_MOD, "the replay runs the compiled module itself (slower; it may "
                                                       "reach dynamo's recompile limit)")))
     return module
+
+
+# -- a host's attribute, replaced on one instance ----------------------------------------------------------------
+def replaceable(obj, name: str) -> bool:
+    """``obj.name`` is a plain instance attribute (no property or other descriptor of its class in the way)."""
+    return isinstance(getattr(obj, "__dict__", None), dict) and name in vars(obj) and not hasattr(
+        inspect.getattr_static(type(obj), name, None), "__set__")
+
+
+def replace_attribute(obj, name: str, value) -> Callable[[], None] | None:
+    """Set ``obj.name = value`` when ``replaceable``; returns the call that puts the original back (or None)."""
+    if not replaceable(obj, name):
+        return None
+    original = vars(obj)[name]
+    vars(obj)[name] = value
+
+    def restore() -> None:
+        if vars(obj).get(name) is value:
+            vars(obj)[name] = original
+
+    return restore
 
 
 # -- found_inf: a scaler stepping a fused optimizer ---------------------------------------------------------------

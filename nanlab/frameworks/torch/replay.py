@@ -405,9 +405,10 @@ def _join(note: str | None, sentence: str) -> str:
 
 
 def _input_max_abs(inputs: list[torch.Tensor]) -> float | None:
-    """The largest finite |x| over the model's floating-point inputs (integer ids for an embedding have no scale)."""
+    """The largest finite |x| over the model's floating-point input arrays (integer ids for an embedding have no
+    scale, nor has a scalar argument such as the Transformers Trainer's ``num_items_in_batch``)."""
     largest = [checkable(t).abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
-               for t in inputs if t.is_floating_point() and t.numel()]
+               for t in inputs if t.is_floating_point() and t.dim() and t.numel()]  # not a scalar argument
     return max(largest) if largest else None
 
 

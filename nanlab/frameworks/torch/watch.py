@@ -168,6 +168,9 @@ class Watch:
         self._unscaled = False
         # Set when the scaler's methods cannot be shadowed (``private.scaler_hooks_missing``): what moved.
         self._scaler_unhooked: str | None = None
+        # A host adapter's remarks on a bad step: ``note(report, loss)`` with the step's mean loss (None when the
+        # watch saw none) returns a sentence for the report's note, or None.
+        self.host_notes: list[Callable[[NonFiniteReport, float | None], str | None]] = []
 
     # -- the surface every watch shares, read from the core ------------------------------------------------------
     @property
@@ -435,6 +438,9 @@ class Watch:
         if self._scaler_unhooked is not None:
             report.note = " ".join(filter(None, [report.note, "The loss scaler's steps were not hooked: "
                                                  f"{self._scaler_unhooked}."]))
+        loss = status.own[LOSS] if status.has_loss else None
+        for note in self.host_notes:
+            report.note = " ".join(filter(None, [report.note, note(report, loss)]))
         if self._group is not None:
             from nanlab.frameworks.torch import distributed
 
