@@ -23,6 +23,12 @@ Where the check runs:
 
 - a plain loop: in the optimizer's step pre-hook, before the update, so that at a bad step the weights and the
   optimizer state are still those the step started from;
+- an optimizer wrapped by accelerate (``accelerator.prepare``): in the step pre-hook of the torch optimizer inside
+  it (``AcceleratedOptimizer.optimizer``), which steps only on a synchronising micro-step, so under
+  ``accelerator.accumulate`` the watch decides once per update, on every micro-batch of it; its ``GradScaler``
+  (fp16) is the watch's when none is given;
+- a host adapter (``check_at="host"``: the Transformers Trainer, Lightning): at the host's own pre-optimizer event,
+  which calls ``before_update``;
 - mixed precision (``scaler=`` a ``torch.amp.GradScaler``): in ``scaler.update``, which every step reaches, also the
   steps the scaler skips (a skipped step never calls ``optimizer.step``). The gradient norm is taken in
   ``scaler.step`` before the update and divided by the scale, so the history is in unscaled units, with plain and
@@ -148,6 +154,10 @@ class Watch:
             raise NanlabError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         if check_at not in CHECK_AT:
             raise NanlabError(f"check_at must be one of {', '.join(map(repr, CHECK_AT))}, got {check_at!r}")
+        if scaler is None and _wrapped_optimizer(optimizer) is not None:  # accelerate's optimizer holds its scaler
+            scaler = getattr(optimizer, "scaler", None)
+            scaler = scaler if isinstance(scaler, torch.amp.GradScaler) else None
+        optimizer = _wrapped_optimizer(optimizer) or optimizer
         self.model, self.optimizer, self.training, self.check_at = model, optimizer, training, check_at
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.core = WatchCore(policy)
@@ -545,6 +555,16 @@ def _localised(bad: BadStep, report: NonFiniteReport) -> NonFiniteReport:
                        "from the per-step check.")
         return report
     return trial
+
+
+def _wrapped_optimizer(optimizer) -> torch.optim.Optimizer | None:
+    """The torch optimizer inside a wrapper such as accelerate's ``AcceleratedOptimizer`` (its ``.optimizer``), or
+    None. Such a wrapper skips ``Optimizer.__init__``, so it has no step hooks of its own, and under gradient
+    accumulation it steps the optimizer inside only on a synchronising micro-step: hooked there, the watch decides
+    once per update, with every micro-batch of it recorded."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if isinstance(optimizer, torch.optim.Optimizer) and isinstance(inner, torch.optim.Optimizer) \
+        else None
 
 
 def _rank_flag(loss: torch.Tensor, bad_labels: torch.Tensor | None) -> torch.Tensor:
