@@ -13,5 +13,6 @@ FRAMEWORK = Framework(
     package=__name__,
     hosts=(
         Host("transformers", "transformers.Trainer", f"{__name__}.hosts.transformers"),
+        Host("lightning", "lightning.Trainer", f"{__name__}.hosts.lightning"),
     ),
 )
