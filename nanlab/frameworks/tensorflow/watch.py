@@ -305,7 +305,7 @@ class Watch(keras.callbacks.Callback):
         expected = (["train_step", "compute_loss"] if self._fitting else []) + \
             (["apply"] if self._original_apply is not None else [])
         consequences = {
-            "train_step": "fit's batches are no longer kept for a replay, nor is the forward pass's state put back",
+            "train_step": "fit's batches are no longer kept for a replay (the watch checks from its callback)",
             "compute_loss": "the loss and the class labels are no longer checked (the gradients still are)",
             "apply": "bad updates are no longer held back, so a bad step's update stays applied",
         }
