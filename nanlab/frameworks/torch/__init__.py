@@ -14,5 +14,7 @@ FRAMEWORK = Framework(
     hosts=(
         Host("transformers", "transformers.Trainer", f"{__name__}.hosts.transformers"),
         Host("lightning", "lightning.Trainer", f"{__name__}.hosts.lightning"),
+        Host("Keras 3 on the torch backend", "keras.Model", f"{__name__}.hosts.keras",
+             accepts=f"{__name__}.hosts.keras.on_torch_backend"),
     ),
 )
