@@ -5,7 +5,9 @@ The model is the issue's case: each unit's standard deviation over time, written
 sensor stuck at one value makes the variance exactly 0, where the square root's derivative is infinite: the forward
 pass is finite, the gradient NaN. Lightning's detect_anomaly blames MulBackward0, the op after the root.
 """
+import json
 import math
+import sys
 import warnings
 
 import pytest
@@ -296,3 +298,33 @@ def test_fp16_with_lightnings_grad_scaler_healthy_is_bit_identical():
     watch = runs[1][2]
     assert watch.report is None and watch.step == 3 and watch.history.losses == pytest.approx(runs[1][1])  # unscaled
     assert len(watch.history.loss_scales) == 3
+
+
+# -- DDP, as Lightning launches it --------------------------------------------------------------------------------
+class RankReport(L.Callback):
+    """Each rank writes what its watch saw when training ends (the ranks are forked processes)."""
+
+    def __init__(self, watch, folder):
+        self.watch, self.folder = watch, folder
+
+    def on_train_end(self, trainer, pl_module):
+        report = self.watch.report
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "stopped": self.watch.stopped, "step": report.step, "cause": report.cause, "ranks": report.ranks,
+            "global_step": trainer.global_step,
+            "weights": [p.detach().flatten().tolist() for p in pl_module.parameters()]}))
+
+
+@pytest.mark.slow  # 0.2 s here, but it forks the test process (with the distributed tests, out of the quick tier)
+@pytest.mark.skipif(sys.platform != "linux", reason="strategy='ddp_fork' forks the test process")
+def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path):
+    data = sensor_data(stuck=[3 * BATCH + 2], n=BATCH * 8)  # one sample, on one rank's shard
+    trainer = make_trainer(devices=2, strategy="ddp_fork")
+    watch = nanlab.watch(trainer, on_nonfinite="stop")
+    trainer.callbacks.append(RankReport(watch, tmp_path))
+    trainer.fit(make_model(), loader(*data))
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1], ranks  # the same step, report and weights on both ranks
+    assert ranks[0]["stopped"] and (ranks[0]["step"], ranks[0]["cause"]) == (2, "sqrt-at-zero")
+    assert len(ranks[0]["ranks"]) == 1 and ranks[0]["global_step"] == 3
+    assert all(math.isfinite(value) for weights in ranks[0]["weights"] for value in weights)

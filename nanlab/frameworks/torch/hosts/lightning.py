@@ -29,7 +29,9 @@ gradients yet. The order within one optimizer step is::
   reference at ``on_train_batch_start`` with the RNG state it will run with, inside the precision plugin's own
   ``train_step_context`` (autocast under ``bf16-mixed`` / ``16-mixed``). Each micro-batch of an accumulated update
   is recorded, so the report names the micro-batch and its samples. The replay calls the ``LightningModule``
-  directly, never through a ``DistributedDataParallel`` wrapper (no collectives).
+  directly, never through a ``DistributedDataParallel`` wrapper (no collectives), with ``self.log`` off (see
+  ``_training_step``). Other side effects of ``training_step`` (a torchmetrics metric's ``update``, a counter)
+  happen once more, at a bad step only.
 
 The policies: ``raise`` propagates ``NonFiniteError`` out of ``trainer.fit`` (Lightning calls ``on_exception``,
 where the watch detaches, and re-raises it); ``stop`` drops the update and sets ``trainer.should_stop``; ``skip``
@@ -40,8 +42,10 @@ plain loop: a step the scaler skips is expected now and then, persistent skippin
 turns ``"16-mixed"`` into ``"bf16-mixed"`` (no scaler).
 
 Under Lightning's DDP strategies the watch is given ``trainer.strategy.model`` (the ``DistributedDataParallel``
-wrapper), so that at a bad step the ranks agree as the torch watch's DDP support describes; a non-finite loss with
-finite reduced gradients is then logged, not raised (the loss cannot be folded into the gradients from a callback).
+wrapper), so that at a bad step the ranks agree as the torch watch's DDP support describes: every rank stops (or
+raises) at the same step with the report of the rank where the value appeared (tested with ``ddp_fork`` on two CPU
+processes). A non-finite loss with finite reduced gradients is then logged, not raised: a callback cannot fold the
+loss into the gradients as ``watch.loss_fn`` does.
 
 Manual optimization (``automatic_optimization = False``): ``training_step`` steps the optimizers itself, so it is
 not replayed (that would update the weights); the check still runs before every ``optimizer.step()`` the user
