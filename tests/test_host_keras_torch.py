@@ -190,6 +190,39 @@ def scenario_with_block():
     return dict(raised=False)
 
 
+class Head(layers.Layer):
+    """A layer holding layers: its own log-probabilities layer is named block/log_probs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.logits = layers.Dense(3, name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed=3))
+        self.log_probs = LogSoftmax(name="log_probs")
+
+    def call(self, h):
+        return self.log_probs(self.logits(h))
+
+
+class Classifier(keras.Model):
+    def __init__(self):
+        super().__init__(name="classifier")
+        self.hidden = layers.Dense(8, name="hidden", kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+        self.head = Head(name="block")
+
+    def call(self, x):
+        return self.head(ops.relu(self.hidden(x)))
+
+
+def scenario_subclassed_model_names_nested_layers():
+    x, y = make_data(huge_rows=BAD)
+    model = Classifier()
+    model.compile(optimizer="adam", loss=nll)
+    try:
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
+    except nanlab.NonFiniteError as error:
+        return summary(error.report)
+    return dict(raised=False)
+
+
 def scenario_torch_loop_gets_the_torch_watch():
     import torch
 
@@ -213,6 +246,20 @@ def scenario_apply_not_hooked():
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[batches, nanlab.watch(model)])
     except nanlab.NonFiniteError as error:
         return dict(summary(error.report), batches=batches.count)
+    finally:
+        adapter.hook = real_hook
+    return dict(raised=False)
+
+
+def scenario_compute_loss_not_hooked():
+    real_hook = adapter.hook
+    adapter.hook = lambda owner, name, fn: None if name == "compute_loss" else real_hook(owner, name, fn)
+    x, y = make_data(huge_rows=BAD)
+    model, batches = make_model(), Batches()
+    try:
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[batches, nanlab.watch(model)])
+    except nanlab.NonFiniteError as error:
+        return dict(summary(error.report), batches=batches.count, unchanged=same(model.get_weights(), batches.before))
     finally:
         adapter.hook = real_hook
     return dict(raised=False)
@@ -313,6 +360,13 @@ def test_the_replay_draws_the_same_dropout_mask(on_torch):
     assert outcome["replays_saw"] and all(rows == outcome["zeroed"] for rows in outcome["replays_saw"])
 
 
+def test_a_subclassed_model_names_nested_layers_by_their_keras_paths(on_torch):
+    outcome = result(on_torch, "subclassed_model_names_nested_layers")
+    assert (outcome["step"], outcome["module"], outcome["op"], outcome["samples"]) == (2, "block/log_probs", "log",
+                                                                                      [8, 13])
+    assert outcome["parameter"] == "block/logits/bias" and outcome["cause"] == "log-of-zero"
+
+
 def test_a_hand_written_torch_loop_around_a_keras_model_gets_the_torch_watch(on_torch):
     assert result(on_torch, "torch_loop_gets_the_torch_watch")["kind"] == "nanlab.frameworks.torch.watch.Watch"
 
@@ -321,6 +375,12 @@ def test_apply_not_called_through_the_instance_still_raises_after_the_update(on_
     outcome = result(on_torch, "apply_not_hooked")
     assert outcome["step"] == 2 and outcome["batches"] == 3
     assert "checked after the update" in outcome["note"]
+
+
+def test_compute_loss_not_called_through_the_instance_still_raises_before_the_update(on_torch):
+    outcome = result(on_torch, "compute_loss_not_hooked")
+    assert outcome["step"] == 2 and outcome["batches"] == 3 and outcome["unchanged"]
+    assert "no forward pass" in outcome["note"]  # nothing recorded to replay: not localised
 
 
 def test_layers_still_named_without_flatten_layers(on_torch):

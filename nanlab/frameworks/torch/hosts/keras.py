@@ -94,8 +94,9 @@ def unhook(owner, name: str, replacement: Callable) -> None:
 
 
 def flatten_layers(model) -> tuple[list, str | None]:
-    """Every layer nested in ``model`` with its path (``block/attention``), and None; or, where Keras' private
-    ``Layer._flatten_layers`` is gone, those reachable through ``Model.layers`` and a sentence saying so."""
+    """Every layer nested in ``model`` with its path (``block/attention``), the innermost first, and None; or,
+    where Keras' private ``Layer._flatten_layers`` is gone, those reachable through ``Model.layers`` and a sentence
+    saying so."""
     from torch import nn
 
     found: list[tuple[str, nn.Module]] = []
@@ -119,8 +120,8 @@ def flatten_layers(model) -> tuple[list, str | None]:
                 continue
             seen.add(id(child))
             path = f"{prefix}{child.name}"
-            found.append((path, child))
             walk(child, f"{path}/")
+            found.append((path, child))  # after its own layers: see replay_view
 
     walk(model, "")
     return found, note
@@ -140,9 +141,11 @@ def replay_view(model):
         path = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
         if isinstance(variable.value, nn.Parameter) and path and "." not in path and not hasattr(view, path):
             view.register_parameter(path, variable.value)
-    view.add_module(model.name.replace(".", "_") or "model", model)
+    # A layer a subclassed layer or model holds as an attribute is also its torch submodule, and named_modules
+    # names a module by the first path that reaches it: the innermost layers come first, the model last, so that
+    # each is named by its Keras path (block/inner), not by torch's (net.block.inner).
     layers, note = flatten_layers(model)
-    for path, layer in layers:
+    for path, layer in [*layers, (model.name or "model", model)]:
         name = path.replace(".", "_")
         if name not in view._modules:
             view.add_module(name, layer)
