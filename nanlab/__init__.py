@@ -8,20 +8,22 @@ from nanlab.reproduce import ContractRow, check_contract, reproduce, verify
 from nanlab.run import Run
 
 __version__ = "0.1.0"
+POLICY_KEYWORDS = ("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale", "spike_threshold")
 
 __all__ = ["Cause", "ContractRow", "Fix", "NanlabError", "NonFiniteError", "Run", "check_contract", "get_cause",
            "list_causes", "reproduce", "scan", "verify", "watch", "__version__"]
 
 
 def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skips=5, overflow_patience=10,
-          min_loss_scale=1.0, **options):
+          min_loss_scale=1.0, spike_threshold=None, **options):
     """Watch training for the first non-finite loss, gradient or weight; raise ``NonFiniteError`` with a report.
 
     PyTorch: ``with nanlab.watch(model, optimizer, loss_fn) as w:`` around your loop, computing the loss with
     ``w.loss_fn``. Keras: ``model.fit(..., callbacks=[nanlab.watch(model)])``, or ``with nanlab.watch(model,
     optimizer, loss_fn) as w:`` around a GradientTape loop. Either framework: ``with nanlab.watch(training):``
     around a nanlab ``Training`` and its loop's ``train``. The keywords are the ``nanlab.watching.WatchPolicy``
-    (what to do at a non-finite step, how much loss-scaler skipping is tolerated), the same in every framework;
+    (what to do at a non-finite step, how much loss-scaler skipping is tolerated, and, with ``spike_threshold``, the
+    warning before the NaN: loss and gradient-norm spikes logged as they happen), the same in every framework;
     ``options`` are a framework watch's own (PyTorch: ``scaler``).
     """
     from nanlab.frameworks import framework_of, host_of, list_frameworks
@@ -29,7 +31,7 @@ def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skip
     from nanlab.watching import WatchPolicy
 
     policy = WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips, overflow_patience=overflow_patience,
-                         min_loss_scale=min_loss_scale)
+                         min_loss_scale=min_loss_scale, spike_threshold=spike_threshold)
     hosted = host_of(model)
     if hosted is not None:  # a trainer nanlab did not write: its adapter plugs the watch into the trainer's events
         framework, host = hosted
@@ -52,7 +54,7 @@ def watch(model, optimizer=None, loss_fn=None, *, on_nonfinite="raise", max_skip
 def _check_options(options: dict, accepted: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        valid = ", ".join(("on_nonfinite", "max_skips", "overflow_patience", "min_loss_scale") + tuple(accepted))
+        valid = ", ".join(POLICY_KEYWORDS + tuple(accepted))
         raise NanlabError(f"unknown nanlab.watch option {unknown[0]!r} for {where}; valid: {valid}")
 
 

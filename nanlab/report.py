@@ -54,6 +54,8 @@ class NonFiniteReport:
     recurrent: bool = False
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
+    loss_scales: list[float] = field(default_factory=list)
+    spikes: list[dict] = field(default_factory=list)
     norm_name: str = "gradient norm"
     batch_size: int | None = None
     module_kind: str | None = None
@@ -108,6 +110,26 @@ class NonFiniteReport:
         history = ("there are too few steps of history to see a trend" if growth is None
                    else f"the {self.norm_name} grew only {growth:.3g}x, so nothing was exploding")
         return f"unclear: no catalogue rule fits a non-finite {self.phase} at {self.where()}, and {history}"
+
+    def approach(self, last: int = 10) -> str:
+        """The trajectory before the crossing, not only the crossing: the last ``last`` healthy steps' loss,
+        gradient norm and loss scale (one line each, oldest first), and the spikes the watch saw on the way
+        (``spike_threshold``). ``losses`` and ``grad_norms`` hold the healthy steps in order, so their last entries
+        are the steps just before this one (skipped steps have none)."""
+        count = min(last, len(self.grad_norms))
+        if not count:
+            return f"No healthy step was recorded before step {self.step}."
+        lines = [f"The last {count} healthy steps before step {self.step}:"]
+        losses = self.losses[-count:] if len(self.losses) >= count else [None] * count
+        scales = self.loss_scales[-count:] if len(self.loss_scales) >= count else [None] * count
+        for loss, norm, scale in zip(losses, self.grad_norms[-count:], scales):
+            parts = [f"loss {loss:.4g}" if loss is not None else None, f"{self.norm_name} {norm:.4g}",
+                     f"loss scale {scale:g}" if scale is not None else None]
+            lines.append("  " + ", ".join(part for part in parts if part))
+        for spike in self.spikes:
+            lines.append(f"  spike at step {spike['step']}: {spike['signal']} {spike['value']:.3g}, "
+                         f"{spike['z']:.1f} standard deviations above its running level {spike['mean']:.3g}")
+        return "\n".join(lines)
 
     def where(self) -> str:
         parts = [f"`{self.module}`" if self.module else None, f"op `{self.op}`" if self.op else None]

@@ -15,6 +15,7 @@ from typing import Callable, NoReturn
 from nanlab.errors import NonFiniteError
 from nanlab.report import NonFiniteReport
 from nanlab.watching.policy import WatchHistory, WatchPolicy
+from nanlab.watching.spikes import SpikeDetector
 from nanlab.watching.vocabulary import Phase
 
 LOG = logging.getLogger("nanlab.watch")
@@ -35,6 +36,8 @@ class WatchCore:
         self.report: NonFiniteReport | None = None
         self.stopped = False
         self.skips_in_a_row = 0  # bad steps dropped by on_nonfinite="skip" with no healthy step between them
+        threshold = self.policy.spike_threshold
+        self._spikes = SpikeDetector(threshold) if threshold is not None else None
 
     def healthy(self, loss: float | None, grad_norm: float, loss_scale: float | None = None) -> None:
         """A finite step: record it (``loss`` None when the watch saw no loss) and go on to the next."""
@@ -43,8 +46,18 @@ class WatchCore:
         self.history.grad_norms.append(grad_norm)
         if loss_scale is not None:
             self.history.loss_scales.append(loss_scale)
+        if self._spikes is not None:
+            for spike in self._spikes.observe(self.step, {"loss": loss, "gradient norm": grad_norm}):
+                self.history.spikes.append(spike)
+                LOG.warning("nanlab.watch: %s; a NaN often follows such a jump", spike)
         self.skips_in_a_row = 0
         self.step += 1
+
+    def _with_trajectory(self, report: NonFiniteReport) -> NonFiniteReport:
+        """The approach to the failure beside the crossing: the loss scales and spikes recorded before it."""
+        report.loss_scales = list(self.history.loss_scales)
+        report.spikes = [spike.to_dict() for spike in self.history.spikes]
+        return report
 
     def scaler_skipped(self, loss_scale: float | None) -> bool:
         """The loss scaler skipped this step's update itself (scaled gradients overflowed): record it. Returns True
@@ -69,7 +82,7 @@ class WatchCore:
         """
         from nanlab.watching.conclude import conclude
 
-        report = conclude(gather())
+        report = conclude(self._with_trajectory(gather()))
         self.report = report
         policy = self.policy
         weights_spoiled = report.phase == Phase.OPTIMIZER
@@ -96,5 +109,5 @@ class WatchCore:
         left to drop or stop, so whatever ``on_nonfinite`` says, gather, conclude, keep the report and raise."""
         from nanlab.watching.conclude import conclude
 
-        self.report = conclude(gather())
+        self.report = conclude(self._with_trajectory(gather()))
         raise NonFiniteError(self.report)

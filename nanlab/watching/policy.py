@@ -27,6 +27,7 @@ class WatchHistory:
     grad_norms: list[float] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
     loss_scales: list[float] = field(default_factory=list)
+    spikes: list = field(default_factory=list)  # nanlab.watching.spikes.Spike, with spike_threshold set
 
     def skipped_in_a_row(self, step: int) -> int:
         """How many steps up to and including ``step`` were skipped without a healthy step between them."""
@@ -37,8 +38,11 @@ class WatchHistory:
         return count
 
     def to_dict(self) -> dict:
-        return {name: [value if not isinstance(value, float) or math.isfinite(value) else str(value)
-                       for value in getattr(self, name)] for name in self.__dataclass_fields__}
+        def plain(value):
+            if hasattr(value, "to_dict"):
+                return value.to_dict()
+            return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+        return {name: [plain(value) for value in getattr(self, name)] for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,16 @@ class WatchPolicy:
     Mixed precision: a step the loss scaler skips because the scaled gradients overflowed is expected and recorded
     in ``history.skipped_steps``. It becomes a fault (``NonFiniteError`` naming fp16 overflow) once
     ``overflow_patience`` steps in a row were skipped, or the loss scale falls below ``min_loss_scale``.
+    The warning before the NaN (opt-in): with ``spike_threshold`` set (a z-score, e.g. 6.0), a healthy step whose
+    loss or gradient norm jumps that many standard deviations above its recent level is logged as a warning and
+    kept in ``history.spikes`` (``nanlab.watching.spikes``); training is not changed.
     """
 
     on_nonfinite: str = "raise"
     max_skips: int = 5
     overflow_patience: int = 10
     min_loss_scale: float = 1.0
+    spike_threshold: float | None = None
 
     def __post_init__(self):
         if self.on_nonfinite not in ON_NONFINITE:
@@ -72,6 +80,11 @@ class WatchPolicy:
                 raise NanlabError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.min_loss_scale, (int, float)) and self.min_loss_scale > 0):
             raise NanlabError(f"min_loss_scale must be a positive number, got {self.min_loss_scale!r}")
+        if self.spike_threshold is not None and not (isinstance(self.spike_threshold, (int, float))
+                                                     and not isinstance(self.spike_threshold, bool)
+                                                     and self.spike_threshold > 0):
+            raise NanlabError(f"spike_threshold must be a positive number (a z-score, e.g. 6.0) or None, got "
+                              f"{self.spike_threshold!r}")
 
     def overflow_persists(self, history: WatchHistory, step: int) -> bool:
         """True when the loss scaler's skipping at ``step`` is no longer the occasional expected overflow."""
