@@ -28,13 +28,15 @@ class NonFiniteReport:
     ``PHASES``). ``module`` is the module/layer path and ``op`` the operation as the framework names it (e.g.
     ``head`` / ``log``) where a finite input first gave a non-finite output; ``op_family`` is that op in the shared
     vocabulary (``OpFamily``: what rules read), ``op_inputs`` an ``InputStats`` per input (for a backward culprit,
-    the inputs of the forward op whose gradient went bad); ``parameter`` is the first parameter whose gradient went non-finite (or whose update did);
-    ``samples`` are the batch indices that carry the problem. ``cause`` is a catalogue id or None, with
-    ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak). Under torch.distributed,
+    the inputs of the forward op whose gradient went bad); ``parameter`` is the first parameter whose gradient went
+    non-finite (or whose update did); ``samples`` are the batch indices that carry the problem. ``cause`` is a
+    catalogue id or None, with ``cause_reason`` saying which evidence led there ("unclear: ..." when it is weak).
+    Under torch.distributed,
     ``rank`` is the rank whose evidence the report gives and ``ranks`` every rank where the first non-finite value
     appeared; with gradient accumulation, ``micro_batch`` is the micro-batch of the update (from 0) that carries
     it (None when the update had one). ``grad_norms`` is the global gradient norm per healthy step, in unscaled
-    units under a loss scaler, in both frameworks (``norm_name`` says so in the sentences).
+    units under a loss scaler, in both frameworks (``norm_name`` says so in the sentences); with ``loss_scales``
+    and ``spikes`` they are the approach to the failure (``approach()``), beside the crossing.
     """
 
     framework: str
