@@ -102,6 +102,7 @@ def scaler_original(scaler, name: str) -> Callable:
 
 # -- torch.compile: the original module --------------------------------------------------------------------------
 ORIG_MOD = "torch._dynamo.eval_frame.OptimizedModule._orig_mod"
+ORIG_MOD_ATTRIBUTE = "_orig_mod"
 
 
 def compiled_module_class() -> type | None:
@@ -121,7 +122,7 @@ def original_module(module):
     """The eager module under a ``torch.compile``d one (``module`` itself when it is not compiled)."""
     if not is_compiled(module):
         return module
-    original = getattr(module, "_orig_mod", None)
+    original = getattr(module, ORIG_MOD_ATTRIBUTE, None)
     if isinstance(original, torch.nn.Module):
         return original
     warn_once(ORIG_MOD, str(PrivateAPIMoved(ORIG_MOD, "the replay runs the compiled module itself (slower; it may "

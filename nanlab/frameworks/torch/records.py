@@ -43,6 +43,26 @@ class BadStep:
     scale: float | None
     ignore_index: int
     overflow: bool  # the loss scaler skipped this step and the run of skipped steps persisted
+    # A torch.compile'd model: what the compiled step itself gave (the replay runs the original module eagerly and
+    # compares), else None.
+    compiled: CompiledStep | None = None
+
+
+@dataclass
+class CompiledStep:
+    """The bad step as the compiled model computed it: its mean loss (None when the watch saw none) and the norm of
+    its gradients."""
+
+    loss: float | None
+    grad_norm: float
+
+
+@dataclass
+class EagerOutcome:
+    """What the eager replay computed, micro-batch by micro-batch, to set beside a ``CompiledStep``."""
+
+    losses: list[float] = field(default_factory=list)
+    grads_nonfinite: bool = False
 
 
 def loss_of(output) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ from torch import nn
 from nanlab.evidence import HUGE_TARGET_SCALE, class_id_targets, label_problem, listed, symmetric_labels
 from nanlab.frameworks.torch import private
 from nanlab.frameworks.torch.names import OP_FAMILIES, checkable, dtype_kind, dtype_name
-from nanlab.frameworks.torch.records import BadStep, MicroBatch, loss_of
+from nanlab.frameworks.torch.records import BadStep, EagerOutcome, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, is_recurrent
 from nanlab.watching.vocabulary import InputStats, OpFamily, Phase, dtype_max, op_family
 
@@ -44,19 +44,47 @@ def localise(bad: BadStep, report: NonFiniteReport) -> None:
     """Fill ``report`` (made by the per-step check) with the replay's evidence."""
     if not bad.micro_batches:
         report.note = "The watch saw no forward pass under autograd to replay."
+        if private.compiled_module_class() is not None:
+            report.note = _join(report.note, "If the model is torch.compile'd, give nanlab.watch the compiled module "
+                                "(what torch.compile returned): hooks added to a module after it was compiled never "
+                                "fire.")
         return
     mode = _mode_class(private.torch_function_mode())  # PrivateAPIMoved (an ImportError) when it is gone
     several = len(bad.micro_batches) > 1
+    eager = EagerOutcome()
     for index, micro_batch in enumerate(bad.micro_batches):
-        if _data_problem(micro_batch, bad, report) or _replay(micro_batch, bad, report, mode):
+        if _data_problem(micro_batch, bad, report) or _replay(micro_batch, bad, report, mode, eager):
             if several:
                 report.micro_batch = index
                 report.note = _join(report.note, f"Micro-batch {index} of the {len(bad.micro_batches)} in this "
                                                  "accumulated update carries it.")
             _describe_overflow(bad, report)
+            _compare_compiled(bad, report, eager)
             return
-    report.note = _join(report.note, "The replay stayed finite: the step is not reproducible (non-deterministic "
-                        "ops?).")
+    report.note = _join(report.note, "The eager replay of the original module stayed finite." if bad.compiled else
+                        "The replay stayed finite: the step is not reproducible (non-deterministic ops?).")
+    _compare_compiled(bad, report, eager)
+
+
+def _compare_compiled(bad: BadStep, report: NonFiniteReport, eager: EagerOutcome) -> None:
+    """A compiled model whose eager replay disagrees with the compiled step on whether the loss or the gradients are
+    finite: the compiler is suspected, and the note shows both."""
+    compiled = bad.compiled
+    if compiled is None or report.phase == Phase.DATA or not eager.losses:
+        return
+    eager_loss = sum(eager.losses) / len(eager.losses)
+    loss_differs = compiled.loss is not None and math.isfinite(compiled.loss) != math.isfinite(eager_loss)
+    grads_differ = not math.isfinite(compiled.grad_norm) and not eager.grads_nonfinite and \
+        len(eager.losses) == len(bad.micro_batches)  # every micro-batch replayed, none gave a non-finite gradient
+    grads_differ = grads_differ or (math.isfinite(compiled.grad_norm) and eager.grads_nonfinite)
+    if not (loss_differs or grads_differ):
+        return
+    compiled_loss = "unseen" if compiled.loss is None else f"{compiled.loss:g}"
+    report.note = _join(report.note, (
+        "The compiler is suspected: the compiled step and the eager replay of the original module disagree "
+        f"(compiled: loss {compiled_loss}, gradient norm {compiled.grad_norm:g}; eager: loss {eager_loss:g}, "
+        f"gradients {'non-finite' if eager.grads_nonfinite else 'finite'}). Run the step with "
+        "torch.compile(backend=\"aot_eager\") or without compiling to confirm."))
 
 
 # -- the data, before anything runs -----------------------------------------------------------------------------
@@ -112,8 +140,10 @@ def _check_output_labels(output, micro_batch: MicroBatch, bad: BadStep, report: 
 
 
 # -- the replay --------------------------------------------------------------------------------------------------
-def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode: type) -> bool:
-    """Replay one micro-batch instrumented; True when it located the fault (and filled ``report``)."""
+def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode: type,
+            eager: EagerOutcome) -> bool:
+    """Replay one micro-batch instrumented; True when it located the fault (and filled ``report``). ``eager``
+    gathers the loss and gradients it computed."""
     model, params = bad.module, bad.params
     batch = report.batch_size
     saved_grads = [p.grad for p in params]
@@ -132,6 +162,9 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
                 return True
         first_param = tracer.backward(loss * bad.scale if bad.scale else loss, params, bad.names) \
             if loss is not None else None
+        if loss is not None:
+            eager.losses.append(float(checkable(loss.detach()).double().mean()))
+            eager.grads_nonfinite = eager.grads_nonfinite or first_param is not None
     finally:
         for p, grad in zip(params, saved_grads):
             p.grad = grad

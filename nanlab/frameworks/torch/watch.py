@@ -73,7 +73,7 @@ from nanlab.errors import NanlabError
 from nanlab.evidence import IGNORE_INDEX, class_id_targets
 from nanlab.frameworks.torch import private
 from nanlab.frameworks.torch.names import FLOAT8, OP_FAMILIES, checkable, dtype_kind, dtype_name, optimizer_facts
-from nanlab.frameworks.torch.records import BadStep, MicroBatch, loss_of
+from nanlab.frameworks.torch.records import BadStep, CompiledStep, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, is_recurrent
 from nanlab.training import Training
 from nanlab.watching import WatchHistory, WatchPolicy
@@ -442,8 +442,12 @@ class Watch:
             report = self._update_report(bad, found_at=self.step)
         else:
             report = self._base_report(status, overflow)
+            own = status.own
+            compiled = CompiledStep(own[LOSS] if status.has_loss else None, own[GRAD_NORM]) \
+                if self._eager is not self._module else None
             bad_step = BadStep(self._eager, self._params, self._names, self._user_loss, list(self._micro_batches),
-                               scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow)
+                               scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow,
+                               compiled=compiled)
             report = _localised(bad_step, report)
         if self._scaler_unhooked is not None:
             report.note = " ".join(filter(None, [report.note, "The loss scaler's steps were not hooked: "
@@ -550,9 +554,13 @@ def _localised(bad: BadStep, report: NonFiniteReport) -> NonFiniteReport:
         from nanlab.frameworks.torch import replay
 
         replay.localise(bad, trial)
-    except (ImportError, AttributeError) as error:
-        report.note = (f"Localisation was unavailable ({type(error).__name__}: {error}); the step and phase come "
-                       "from the per-step check.")
+    except Exception as error:  # noqa: BLE001 - only the two failures below are expected; others propagate
+        # A replay that had to run through torch.compile (its original module out of reach) may fail inside the
+        # compiler: training still stops on the NaN, without the localisation.
+        if not isinstance(error, (ImportError, AttributeError)) and not private.is_compiled(bad.module):
+            raise
+        report.note = (f"Localisation was unavailable ({type(error).__name__}: {str(error).splitlines()[0]}); the "
+                       "step and phase come from the per-step check.")
         return report
     return trial
 
