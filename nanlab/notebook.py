@@ -1,8 +1,10 @@
-"""Helpers for the notebooks: show a recipe's source next to the call that runs it, and a version banner."""
+"""Helpers for the notebooks: show a recipe's source next to the call that runs it, a version banner, and links
+from one notebook to another."""
 from __future__ import annotations
 
 import inspect
 import platform
+import posixpath
 import sys
 from typing import Callable
 
@@ -21,3 +23,11 @@ def banner(framework: str | Framework, device: str) -> str:
     """One line: Python, the framework's version and the device runs will use."""
     version = get_framework(framework).backend.version()
     return f"Python {platform.python_version()} | {version} | device: {device} | {sys.platform}"
+
+
+def notebook_link(path: str, start: str = "notebooks") -> str:
+    """A link to the notebook at ``path`` (relative to the repository root, as ``Cause.notebooks`` gives it) from a
+    notebook in the folder ``start``: ``pytorch/01-high-learning-rate.ipynb`` from 00-start-here, which lives in
+    notebooks/. Relative to the notebook, never to the repository, so that it opens wherever the notebooks folder
+    is served: JupyterLab under `make lab` (its root is notebooks/), the static site and a student copy."""
+    return posixpath.relpath(path, start)
