@@ -5,13 +5,13 @@
 
 ``--memory``: peak memory and time per step of plain ``fit`` and ``fit`` with the nanlab callback, on the
 transformer block below and on a 10.5-million-parameter MLP, both trained with Adam (whose two moments per weight
-the watch must not copy). Each fit runs in a fresh Python process, so that one variant's allocations cannot lower
-or raise another's peak; the variants alternate in rounds, and a ratio is the median over rounds of the watched
-run's value over the plain run's in the same round. Memory is measured two ways: the peak of TensorFlow's own
-allocations on the CPU during the fit (``tf.config.experimental.get_memory_info("CPU:0")``: weights, optimizer
-state, activations, the watch's variables and copies; TensorFlow's BFC allocator serves the CPU for this, since
-its default CPU allocator keeps no statistics) and the process's peak resident set (``ru_maxrss``: the whole
-process, TensorFlow's runtime and Python included).
+the watch must not copy), and on the MLP with Adam clipping by the global gradient norm. Each fit runs in a fresh
+Python process, so that one variant's allocations cannot lower or raise another's peak; the variants alternate in
+rounds, and a ratio is the median over rounds of the watched run's value over the plain run's in the same round.
+Memory is measured two ways: the peak of TensorFlow's own allocations on the CPU during the fit
+(``tf.config.experimental.get_memory_info("CPU:0")``: weights, optimizer state, activations, the watch's variables
+and copies; TensorFlow's BFC allocator serves the CPU for this, since its default CPU allocator keeps no statistics)
+and the process's peak resident set (``ru_maxrss``: the whole process, TensorFlow's runtime and Python included).
 
 Models: a small CNN, a small transformer block (self-attention + feed-forward), and the small CNN under the
 ``mixed_float16`` policy (with Keras' LossScaleOptimizer). Variants: plain ``fit``; ``fit`` with the nanlab
@@ -182,8 +182,10 @@ def wide_mlp() -> keras.Model:
 
 
 MEMORY_MODELS = {
-    "transformer block (4 heads, d=64, 64 x 32 tokens), Adam": (transformer_block, "tokens"),
-    "MLP 10 x 1024 (10.5M parameters, 64 x 1024), Adam": (wide_mlp, "features"),
+    "transformer block (4 heads, d=64, 64 x 32 tokens), Adam": (transformer_block, "tokens", {}),
+    "MLP 10 x 1024 (10.5M parameters, 64 x 1024), Adam": (wide_mlp, "features", {}),
+    # Clipping by the global norm needs every gradient before the first update, as the watch's decision does.
+    "the same MLP, Adam(global_clipnorm=1.0)": (wide_mlp, "features", {"global_clipnorm": 1.0}),
 }
 
 
@@ -198,14 +200,15 @@ def memory_data(kind: str, steps: int):
 
 def memory_child(model_name: str, variant: str, steps: int) -> dict:
     """One fit in this (fresh) process: its peaks and its median step times, as a dict."""
-    make, kind = MEMORY_MODELS[model_name]
+    make, kind, settings = MEMORY_MODELS[model_name]
     keras.utils.set_random_seed(0)
     model = make()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, **settings),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = memory_data(kind, steps)
     clock = StepClock()
-    callbacks = [clock] + ([nanlab.watch(model)] if variant == "nanlab callback" else [])
+    watch = nanlab.watch(model) if variant == "nanlab callback" else None
+    callbacks = [clock] + ([watch] if watch is not None else [])
     try:
         tf.config.experimental.reset_memory_stats("CPU:0")
         tracked = True
@@ -214,7 +217,8 @@ def memory_child(model_name: str, variant: str, steps: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     wall, cpu = clock.median_steps()
-    return {"parameters": model.count_params(),
+    copied = sum(int(np.prod(v.shape)) for v in watch._state) if watch is not None else 0
+    return {"parameters": model.count_params(), "copied per step": copied,
             "tensor peak MB": tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20 if tracked else None,
             "rss peak MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss before fit MB": before / 1024, "wall ms": 1e3 * wall, "cpu ms": 1e3 * cpu}
@@ -244,6 +248,7 @@ def measure_memory(rounds: int, steps: int) -> list[dict]:
                 return statistics.median(a / b for a, b in pairs) if pairs else None
 
             rows.append({"model": name, "variant": variant, "parameters": own[0]["parameters"],
+                         "copied per step": own[0]["copied per step"],
                          **{key: median(key) for key in ("tensor peak MB", "rss peak MB", "wall ms", "cpu ms")},
                          **{f"{key} ratio": ratio(key) for key in ("tensor peak MB", "rss peak MB", "wall ms",
                                                                    "cpu ms")}})
@@ -255,15 +260,16 @@ def memory_table(rows: list[dict], rounds: int, steps: int) -> str:
              f"fit ({steps} steps of batch {BATCH}) in a fresh process, the variants alternating; ratio = median of "
              "per-round ratios to plain fit; tensor peak = TensorFlow's peak CPU allocation during the fit, RSS = the "
              "process's peak resident set", "",
-             "| model | variant | tensor peak MB | ratio | peak RSS MB | ratio | wall ms / step | ratio | "
-             "CPU ms / step | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | variant | values copied per step | tensor peak MB | ratio | peak RSS MB | ratio | "
+             "wall ms / step | ratio | CPU ms / step | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, form):
         return "n/a" if value is None else format(value, form)
 
     for row in rows:
-        lines.append(f"| {row['model']} | {row['variant']} | {cell(row['tensor peak MB'], '.1f')} | "
+        lines.append(f"| {row['model']} | {row['variant']} | {row['copied per step']:,} | "
+                     f"{cell(row['tensor peak MB'], '.1f')} | "
                      f"{cell(row['tensor peak MB ratio'], '.3f')}x | {cell(row['rss peak MB'], '.0f')} | "
                      f"{cell(row['rss peak MB ratio'], '.3f')}x | {cell(row['wall ms'], '.2f')} | "
                      f"{cell(row['wall ms ratio'], '.3f')}x | {cell(row['cpu ms'], '.2f')} | "

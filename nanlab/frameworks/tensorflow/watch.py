@@ -18,6 +18,15 @@ replay runs it again). A weight that an update made non-finite from finite gradi
 shows at the next step, whose loss or gradients it spoils: the watch then checks the trainable weights (on that bad
 step only) and reports the previous step's update.
 
+What deciding before the update costs: every gradient of the step stays alive until the decision, as PyTorch's
+``.grad`` always keeps them, where a plain Keras step may apply one layer's update (and free its gradient) while
+backpropagation goes on through the others. Where the weights and the optimizer's state are most of the memory (a
+10.5M-parameter MLP with Adam: 1.4x-1.5x TensorFlow's peak allocation, 1.08x the process's) that is about one
+gradient's worth more at the peak, and the updates wait for the end of backpropagation; where activations dominate
+(the benchmarks' transformer block: about 1.0x), or where the plain step holds every gradient anyway
+(``global_clipnorm``: 1.07x), little (``benchmarks/RESULTS.md``). The copies of every variable the watch took before
+(three times the parameters with Adam) cost more.
+
 Integer labels are checked before the loss runs: the bad ones are counted and replaced by class 0 for that step,
 whose update is then held back. So an out-of-range label becomes a report on every device, instead of an
 ``InvalidArgumentError`` on CPU and a silent NaN on GPU or under XLA. Whether targets are class ids is decided by
