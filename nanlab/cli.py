@@ -46,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=pathlib.Path, metavar="PATH", help="also write the rows as JSON here")
     check.add_argument("--plots", type=pathlib.Path, metavar="DIR",
                        help="save one broken-vs-fixes figure per cause and framework (first seed) in DIR")
-    commands.add_parser("doctor", help="check this machine: versions, devices, CUDA, the notebooks' kernel "
-                                       "(exit 1 when a problem is found)")
+    doctor = commands.add_parser("doctor", help="check this machine: versions, devices, CUDA, the notebooks' kernel "
+                                                "(exit 1 when a problem is found)")
+    doctor.add_argument("--smoke", action="store_true",
+                        help="instead, run the end-to-end check (about a minute): a cause reproduced in each installed "
+                             "framework, the watch naming it, a fix, a figure saved to a temporary file")
     return parser
 
 
@@ -136,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "doctor":
-            from nanlab.doctor import run as doctor
+            from nanlab import doctor
 
-            return doctor()
+            return doctor.smoke() if args.smoke else doctor.run()
         return _verify(args)
     except NanlabError as error:
         print(f"nanlab: error: {error}", file=sys.stderr)

@@ -8,6 +8,13 @@ problem.
 
 A CPU-only build is fine on a machine without an NVIDIA GPU (the notebooks run on CPU); it is a problem only when
 the machine has one that the framework cannot use.
+
+``nanlab doctor --smoke`` runs something instead: the end-to-end path a lab takes, in about a minute. For each
+installed framework, on the device the notebooks would pick (``auto``): one cause's broken setting goes non-finite,
+``nanlab.watch`` around the same training raises and names that cause, and a fix stays finite and learns; then a
+figure of the runs is saved to a temporary file and read back. One line per step, the same ``ok`` / ``PROBLEM``
+lines as the report; exit 0 when every step passed and 1 otherwise. A framework that is not installed is skipped
+(the plain report says so); none installed at all is a problem.
 """
 from __future__ import annotations
 
@@ -17,7 +24,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from nanlab.errors import NanlabError
 from nanlab.frameworks import Framework, list_frameworks
@@ -149,4 +159,128 @@ def run() -> int:
         print(finding.line())
     problems = sum(finding.problem for finding in findings)
     print(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else "all is well")
+    return 1 if problems else 0
+
+
+SMOKE_CAUSE = "log-of-zero"  # a few seconds in each framework, and the watch names it at its op (the log)
+SMOKE_DEVICE = "auto"  # the device the notebooks pick
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _step(topic: str, action: Callable[[], str], fix: str) -> Finding:
+    """Run one smoke step: its ``found`` text and seconds, or a problem naming the exception and ``fix``."""
+    started = time.perf_counter()
+    try:
+        found = action()
+    except Exception as error:  # a step that fails is one line of the report, never a traceback
+        message = (str(error).strip().splitlines() or [""])[0]
+        return Finding(topic, f"{type(error).__name__}: {message}"[:240], fix)
+    return Finding(topic, f"{found} ({time.perf_counter() - started:.1f} s)")
+
+
+class SmokeFailure(Exception):
+    """A smoke step ran but did not see what it checks."""
+
+
+def _reproduce(cause, framework: Framework, fix: str | None):
+    from nanlab.reproduce import reproduce
+
+    return reproduce(cause, framework, SMOKE_DEVICE, seed=0, fix=fix)
+
+
+def _broken(cause, framework: Framework, runs: list) -> str:
+    run = _reproduce(cause, framework, None)
+    runs.append(run)
+    if run.first_nonfinite_step is None:
+        raise SmokeFailure(f"the broken setting of {cause.id} stayed finite for {len(run.losses)} steps")
+    return f"{cause.id}, broken: non-finite at step {run.first_nonfinite_step} on {run.device}"
+
+
+def _watched(cause, framework: Framework) -> str:
+    import nanlab
+    from nanlab.devices import resolve_device
+    from nanlab.seeding import seed_everything
+
+    device = resolve_device(SMOKE_DEVICE, framework)
+    seed_everything(0, framework)
+    with framework.backend.on_device(device):
+        training = cause.recipe(framework).SETTINGS["broken"](seed=0, device=device)
+        try:
+            with nanlab.watch(training, overflow_patience=1):
+                framework.loop.train(training, cause.steps)
+        except nanlab.NonFiniteError as raised:
+            report = raised.report
+        else:
+            raise SmokeFailure(f"nanlab.watch did not raise in {cause.steps} steps of {cause.id}'s broken setting")
+    if report.cause != cause.id:
+        raise SmokeFailure(f"nanlab.watch named {report.cause!r} instead of {cause.id!r} at step {report.step}")
+    where = " / ".join(part for part in (report.module, report.op) if part) or report.phase
+    return f"nanlab.watch raised at step {report.step} ({report.phase}, {where}) naming {report.cause}"
+
+
+def _fixed(cause, framework: Framework, runs: list) -> str:
+    fix = next(fix.id for fix in cause.fixes if not fix.hides_problem)
+    run = _reproduce(cause, framework, fix)
+    runs.append(run)
+    if not (run.finite and run.learned):
+        raise SmokeFailure(f"the fix {fix} did not stay finite and learn: {run.summary()}")
+    return f"fix {fix}: finite for {len(run.losses)} steps and learned"
+
+
+def _plot(runs: list) -> str:
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")  # no display needed; a notebook that already chose its backend keeps it
+    import matplotlib.pyplot as plt
+
+    from nanlab.plot import plot_comparison
+
+    figure = plot_comparison(runs)
+    with tempfile.TemporaryDirectory(prefix="nanlab-smoke-") as folder:
+        path = pathlib.Path(folder) / "smoke.png"
+        figure.savefig(path, dpi=72)
+        plt.close(figure)
+        data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 5000:
+        raise SmokeFailure(f"the saved figure is not a plausible PNG ({len(data)} bytes)")
+    return f"figure of {len(runs)} runs saved to a temporary PNG and read back ({len(data) // 1024} KiB)"
+
+
+def smoke_steps() -> Iterator[Finding]:
+    """The end-to-end check, one finding per step as it finishes (see the module's docstring)."""
+    from nanlab.registry import get_cause
+
+    cause = get_cause(SMOKE_CAUSE)
+    runs, installed = [], []
+    for framework in list_frameworks():
+        try:
+            framework.backend
+        except NanlabError:
+            yield Finding(f"smoke {framework.name}", "not installed; skipped")
+            continue
+        installed.append(framework)
+        fix = (f"the whole error: nanlab run {cause.id} --framework {framework.name} --all-fixes; "
+               "send it with nanlab doctor's report")
+        yield _step(f"smoke {framework.name} reproduce", lambda: _broken(cause, framework, runs), fix)
+        yield _step(f"smoke {framework.name} watch", lambda: _watched(cause, framework), fix)
+        yield _step(f"smoke {framework.name} fix", lambda: _fixed(cause, framework, runs), fix)
+    if not installed:
+        yield Finding("smoke", "no framework is installed",
+                      " or ".join(framework.install_hint for framework in list_frameworks()))
+    elif runs:
+        yield _step("smoke plot", lambda: _plot(runs), "check matplotlib: python -c 'import matplotlib.pyplot'")
+
+
+def smoke() -> int:
+    """Print one line per smoke step as it finishes; 0 when every step passed, 1 otherwise."""
+    started = time.perf_counter()
+    problems = steps = 0
+    for finding in smoke_steps():
+        print(finding.line(), flush=True)
+        steps += 1
+        problems += finding.problem
+    seconds = time.perf_counter() - started
+    print(f"smoke: {problems} of {steps} steps failed ({seconds:.0f} s)" if problems
+          else f"smoke: all {steps} steps passed in {seconds:.0f} s")
     return 1 if problems else 0

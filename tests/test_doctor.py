@@ -81,3 +81,59 @@ def test_any_problem_makes_the_exit_status_1(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "examine", lambda: [Finding("python", "3.12"), Finding("x", "broken", "fix it")])
     assert doctor.run() == 1
     assert capsys.readouterr().out.splitlines()[-2:] == ["PROBLEM x: broken -> fix: fix it", "1 problem found"]
+
+
+# `nanlab doctor --smoke`: the end-to-end check a lecturer runs before the lab.
+def test_the_smoke_check_runs_a_cause_the_watch_a_fix_and_a_plot_in_each_installed_framework(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from nanlab.frameworks import get_framework
+
+    absent = Framework(name="absentflow", title="AbsentFlow", aliases=(), notebook_folder="absentflow",
+                       install_hint="pip install absentflow", root_modules=("nanlab_absent_framework",),
+                       watchable="nothing", package="nanlab_absent_framework")
+    monkeypatch.setattr(doctor, "list_frameworks", lambda: [get_framework("torch"), absent])
+    assert main(["doctor", "--smoke"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    topics = [line.split(":")[0].split(maxsplit=1)[1] for line in lines[:-1]]
+    assert topics == ["smoke torch reproduce", "smoke torch watch", "smoke torch fix", "smoke absentflow",
+                      "smoke plot"]
+    assert all(line.startswith("ok ") for line in lines[:-1])
+    assert "naming log-of-zero" in lines[1] and "not installed; skipped" in lines[3]
+    assert "saved to a temporary PNG" in lines[4]
+    assert lines[-1].startswith("smoke: all 5 steps passed in ")
+
+
+def test_a_failing_smoke_step_is_one_problem_line_and_exit_status_1(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from nanlab.frameworks import get_framework
+
+    monkeypatch.setattr(doctor, "list_frameworks", lambda: [get_framework("torch")])
+
+    def broken_watch(cause, framework):
+        raise doctor.SmokeFailure("nanlab.watch did not raise")
+
+    monkeypatch.setattr(doctor, "_watched", broken_watch)
+    assert doctor.smoke() == 1
+    lines = capsys.readouterr().out.splitlines()
+    problem, = [line for line in lines if line.startswith("PROBLEM")]
+    assert problem.startswith("PROBLEM smoke torch watch: SmokeFailure: nanlab.watch did not raise -> fix: ")
+    assert "nanlab run log-of-zero --framework torch" in problem
+    assert lines[-1].startswith("smoke: 1 of 4 steps failed")
+
+
+def test_no_framework_installed_is_a_smoke_problem(monkeypatch, capsys):
+    absent = Framework(name="absentflow", title="AbsentFlow", aliases=(), notebook_folder="absentflow",
+                       install_hint="pip install absentflow", root_modules=("nanlab_absent_framework",),
+                       watchable="nothing", package="nanlab_absent_framework")
+    monkeypatch.setattr(doctor, "list_frameworks", lambda: [absent])
+    assert doctor.smoke() == 1
+    assert "PROBLEM smoke: no framework is installed -> fix: pip install absentflow" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_smoke_check_passes_on_this_machine_in_about_a_minute(capsys):
+    import time
+
+    started = time.perf_counter()
+    assert main(["doctor", "--smoke"]) == 0, capsys.readouterr().out
+    assert time.perf_counter() - started < 120, "the pre-lab check should take about a minute"
