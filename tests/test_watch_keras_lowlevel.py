@@ -204,3 +204,27 @@ def test_tensorflow_names_map_onto_the_shared_vocabulary():
     assert is_sparse_loss(tf.function(keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
     assert not is_sparse_loss("mse") and not is_sparse_loss(keras.losses.CategoricalCrossentropy()) and \
         not is_sparse_loss(None)
+
+
+def test_a_weight_the_last_update_spoiled_is_found_as_the_loop_ends():
+    """No later step shows it, so the watch looks once as its block ends (as the PyTorch watch does)."""
+    w = tf.Variable([[1.0]])
+    optimizer = keras.optimizers.SGD(3e38)  # a gradient of 2, an update past float32's range
+    x, y = tf.ones((BATCH, 1)), tf.zeros((BATCH, 1))
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch([w], optimizer, mse) as watch:
+            with watch.checked_step(x, y):
+                with tf.GradientTape() as tape:
+                    loss = watch.loss_fn(y, tf.matmul(x, w))
+                optimizer.apply(tape.gradient(loss, [w]), [w])
+    report = raised.value.report
+    assert (report.step, report.phase, report.op) == (0, "optimizer update", "apply_gradients")
+    assert watch.step == 1 and watch.history.losses and not np.isfinite(w.numpy()).all()
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(3e38), loss="mse")
+    with pytest.raises(nanlab.NonFiniteError) as raised:  # fit: looked at in on_train_end
+        model.fit(np.ones((BATCH, 1), np.float32), np.zeros((BATCH, 1), np.float32), batch_size=BATCH, verbose=0,
+                  callbacks=[nanlab.watch(model)])
+    assert (raised.value.report.step, raised.value.report.phase) == (0, "optimizer update")
+    assert raised.value.report.parameter.endswith("kernel")

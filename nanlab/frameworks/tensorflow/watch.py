@@ -533,6 +533,20 @@ class Watch(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None) -> None:
         self._detach()
+        self._check_weights_at_end()
+
+    def _check_weights_at_end(self) -> None:
+        """A weight the last update made non-finite shows in no later step: look once, as training ends, and
+        raise whatever the policy (nothing is left to drop or stop)."""
+        if not self.core.step or self.stopped:
+            return
+        bad = self._nonfinite_weights()
+        if bad:
+            history = self.core.history
+            report = NonFiniteReport("tensorflow", self.core.step, Phase.OPTIMIZER, losses=list(history.losses),
+                                     grad_norms=list(history.grad_norms), norm_name="gradient norm",
+                                     optimizer=optimizer_facts(self._optimizer, self._trainable()))
+            self.core.fault_at_end(lambda: self._update_report(report, bad))
 
     def _detach(self) -> None:
         """Give the model back its own train step, loss and optimizer (a later fit without the watch is plain)."""
@@ -568,6 +582,8 @@ class Watch(keras.callbacks.Callback):
                 self._close_step()
         finally:
             self._detach()
+        if kind is None:
+            self._check_weights_at_end()
 
     def _watched_batches(self):
         for x, y in self._user_batches:
