@@ -178,6 +178,9 @@ class Watch:
         self._unscaled = False
         # Set when the scaler's methods cannot be shadowed (``private.scaler_hooks_missing``): what moved.
         self._scaler_unhooked: str | None = None
+        # A backward pass ran through a loss of the pending step (set by a hook on the loss; see _record_forward).
+        self._backward_seen = False
+        self._replaying = False  # the watch's own replay is running the model: its hooks record nothing
         # A host adapter's remarks on a bad step: ``note(report, loss)`` with the step's mean loss (None when the
         # watch saw none) returns a sentence for the report's note, or None.
         self.host_notes: list[Callable[[NonFiniteReport, float | None], str | None]] = []
@@ -249,7 +252,7 @@ class Watch:
         """Your loss function, unchanged, with its target and extra arguments recorded for the replay."""
         if self._user_loss is None:
             raise NanlabError("watch.loss_fn needs the loss function: nanlab.watch(model, optimizer, loss_fn)")
-        recording = torch.is_grad_enabled() and not self.stopped
+        recording = torch.is_grad_enabled() and not self.stopped and not self._replaying
         if recording and self._micro_batches:
             batch = self._micro_batches[-1]
             batch.target, batch.loss_args, batch.loss_kwargs, batch.has_loss = target, args, kwargs, True
@@ -283,7 +286,11 @@ class Watch:
             self._micro_batches.append(self._micro_batch(tuple(args), dict(kwargs or {}), step_fn=fn))
 
     def _record_forward(self, module, args, kwargs) -> None:
-        if torch.is_grad_enabled() and not self.stopped:
+        if torch.is_grad_enabled() and not self.stopped and not self._replaying:
+            if self._backward_seen and not any(p.grad is not None for p in self._params):
+                self._update_dropped()  # a backward, then the gradients cleared with no optimizer step between
+                if self.stopped:
+                    return
             if self._micro_batches and self._micro_batches[-1].step_fn is not None:
                 return  # a forward pass inside the step the host recorded: the replay re-runs the whole step
             self._micro_batches.append(self._micro_batch(args, kwargs))
@@ -295,15 +302,45 @@ class Watch:
 
     def _record_output_loss(self, module, args, output) -> None:
         loss = loss_of(output)
-        if loss is not None and torch.is_grad_enabled() and not self.stopped:
+        if loss is not None and torch.is_grad_enabled() and not self.stopped and not self._replaying:
             self._add_loss(loss)
             if self._scaler_unhooked is not None:
                 self._check_loss_now()
 
     def _add_loss(self, loss: torch.Tensor) -> None:
+        if self.scaler is None and self.check_at == "optimizer" and loss.requires_grad and not self._backward_seen:
+            loss.register_hook(self._saw_backward)  # returns None: the gradient passes unchanged
         value = loss.detach().double().mean()
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
         self._loss_count += 1
+
+    def _saw_backward(self, grad) -> None:
+        self._backward_seen = True
+
+    def _update_dropped(self) -> None:
+        """The last step's losses had a backward pass but no update after them: the gradients were cleared without
+        ``optimizer.step`` running. A ``torch.amp.GradScaler`` the watch was not given does this at every step whose
+        scaled gradients overflow (it never calls ``optimizer.step``, so the step pre-hook never fires). Counted as
+        a step the scaler skipped (one host read, for the loss); once skipping persists
+        (``WatchPolicy.overflow_persists``) it is a fault, replayed from the step's micro-batches."""
+        status = self._read(torch.zeros((), dtype=torch.float64, device=self._one().device), None, None)
+        if self.core.scaler_skipped(None):
+            self.core.fault(lambda: self._unstepped_report(self._gather(status, overflow=False), status),
+                            drop_update=lambda: None)
+        self._clear_step()
+
+    def _unstepped_report(self, report: NonFiniteReport, status: StepStatus) -> NonFiniteReport:
+        skipped = self.history.skipped_in_a_row(self.step)
+        loss = status.own[LOSS] if status.has_loss else None
+        losses = "unseen" if loss is None else "finite" if math.isfinite(loss) else f"non-finite ({loss:g})"
+        report.skipped_in_a_row = skipped
+        report.note = " ".join(filter(None, [report.note, (
+            f"No optimizer update followed the losses of the last {skipped} steps (their gradients were cleared "
+            f"without optimizer.step running; this step's loss was {losses}). A torch.amp.GradScaler the watch was "
+            "not given skips every update whose scaled gradients overflow float16: fp16 overflow, persisting. Pass "
+            "the scaler so that the watch follows its loss scale: nanlab.watch(model, optimizer, loss_fn, "
+            "scaler=scaler).")]))
+        return report
 
     def _guard_labels(self, output, target) -> tuple[Any, torch.Tensor | None]:
         """``target`` with out-of-range class ids set to 0, and their count (a tensor: no sync here), or None when
@@ -432,6 +469,7 @@ class Watch:
         self._clear_step()
 
     def _clear_step(self) -> None:
+        self._backward_seen = False
         self._micro_batches.clear()
         self._loss_sum, self._loss_count, self._bad_labels = None, 0, None
 
@@ -448,7 +486,11 @@ class Watch:
             bad_step = BadStep(self._eager, self._params, self._names, self._user_loss, list(self._micro_batches),
                                scale=report.loss_scale, ignore_index=self._ignore_index, overflow=overflow,
                                compiled=compiled)
-            report = _localised(bad_step, report)
+            self._replaying = True
+            try:
+                report = _localised(bad_step, report)
+            finally:
+                self._replaying = False
         if self._scaler_unhooked is not None:
             report.note = " ".join(filter(None, [report.note, "The loss scaler's steps were not hooked: "
                                                  f"{self._scaler_unhooked}."]))
