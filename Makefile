@@ -3,11 +3,16 @@
 #                  (3 seeds)
 # make test-quick: lint and the quick tier, pytest -m "not slow": the package tests without the notebooks, the
 #                  contract, the browser and the distributed tests (about 3 minutes on 2 cores)
-# make lab       : open JupyterLab on the start-here notebook (as root too, e.g. in a container)
+# make lab       : open JupyterLab on the start-here notebook, serving notebooks/ (as root too, e.g. in a
+#                  container)
 # make student   : student copies of the notebooks in build/student (solutions removed, checks kept)
-# make slides    : reveal.js slide decks of the notebooks in build/slides (open offline)
+# make slides    : reveal.js slide decks of the notebooks in build/slides for a projector (open offline; code
+#                  hidden, SHOW_CODE=1 shows it)
 # make site      : a static site of every executed notebook in build/site (open build/site/index.html)
-# make doctor    : check this machine: versions, devices, CUDA, the notebooks' kernel
+# make doctor    : check this machine (versions, devices, CUDA, the notebooks' kernel), then run the one-minute
+#                  end-to-end check (nanlab doctor --smoke)
+# make wheelhouse: every wheel a lab installs, downloaded once into build/wheelhouse for offline installs
+#                  (WHEELHOUSE_EXTRAS=torch,dev for a PyTorch-only lab; docs/teaching.md)
 # make gpu-check  : on a CUDA machine, ~10 min: the catalogue on the GPU (1 seed), the watch's CUDA tests and the
 #                  torch benchmarks, written to docs/reproduction-cuda.md (on a CPU machine: one line, exit 0)
 # make reproduce DEVICE=cuda : reproduce on the GPU (default: auto, the GPU when there is one)
@@ -42,8 +47,10 @@ test-quick: env
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow"
 
+# JupyterLab serves notebooks/: links between notebooks are relative to their own folder and stay inside it
+# (tests/test_links.py)
 lab: env
-	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00-start-here.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) --ServerApp.root_dir=notebooks notebooks/00-start-here.ipynb
 
 notebooks: env
 	$(BIN)/python -m tools.execute_notebooks notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
@@ -51,14 +58,22 @@ notebooks: env
 student: env
 	$(BIN)/python -m tools.student_copies --out build/student $(NOTEBOOKS)
 
+# slides and site: every notebook under notebooks/, the glossary included
+ALL_NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb notebooks/*/*.ipynb))
 slides: env
-	$(BIN)/python -m tools.build_slides --out build/slides $(NOTEBOOKS)
+	$(BIN)/python -m tools.build_slides --out build/slides $(if $(SHOW_CODE),--show-code) $(ALL_NOTEBOOKS)
 
 site: env
-	$(BIN)/python -m tools.build_site --out build/site $(NOTEBOOKS)
+	$(BIN)/python -m tools.build_site --out build/site $(ALL_NOTEBOOKS)
 
 doctor: env
 	$(BIN)/nanlab doctor
+	$(BIN)/nanlab doctor --smoke
+
+.PHONY: wheelhouse
+WHEELHOUSE_EXTRAS ?= torch,tensorflow,dev
+wheelhouse: env
+	$(BIN)/python -m tools.wheelhouse --out build/wheelhouse --extras $(WHEELHOUSE_EXTRAS)
 
 gpu-check: env
 	$(BIN)/python -m tools.gpu_check

@@ -31,3 +31,22 @@ def notebook_link(path: str, start: str = "notebooks") -> str:
     notebooks/. Relative to the notebook, never to the repository, so that it opens wherever the notebooks folder
     is served: JupyterLab under `make lab` (its root is notebooks/), the static site and a student copy."""
     return posixpath.relpath(path, start)
+
+
+def table_cell(text: str) -> str:
+    """``text`` made safe for a cell of a markdown table: a ``|`` in it (``max |x|``) would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def triage_map(causes=None, start: str = "notebooks") -> str:
+    """00-start-here's triage map, a markdown table with one row per cause: its title and id, when the NaN appears,
+    what it looks like, and a link to its notebook in each framework, relative to the folder ``start``
+    (``notebook_link``)."""
+    from nanlab.registry import list_causes
+
+    rows = ["| cause | when the NaN appears | what it looks like | notebooks |", "|---|---|---|---|"]
+    for cause in list_causes() if causes is None else causes:
+        links = " · ".join(f"[{framework}]({notebook_link(path, start)})" for framework, path in cause.notebooks.items())
+        rows.append(f"| **{table_cell(cause.title)}** (`{cause.id}`) | {table_cell(cause.when)} | "
+                    f"{table_cell(cause.symptom)} | {links} |")
+    return "\n".join(rows)

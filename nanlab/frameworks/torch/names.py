@@ -19,7 +19,7 @@ _FAMILIES: dict[OpFamily, tuple[str, ...]] = {
     OpFamily.DIV: ("div", "divide", "true_divide", "truediv", "rtruediv", "rdiv", "floor_divide", "floordiv",
                    "rfloordiv", "reciprocal", "remainder", "fmod", "mod", "rmod", "addcdiv"),
     OpFamily.LOG: ("log", "log2", "log10", "log1p", "xlogy", "special_xlogy", "special_xlog1py", "logit",
-                   "special_logit", "special_entr", "logdet", "slogdet"),
+                   "special_logit", "special_entr", "logdet", "slogdet", "logsigmoid"),
     OpFamily.PROBABILITY_LOSS: ("binary_cross_entropy", "kl_div", "poisson_nll_loss", "gaussian_nll_loss"),
     OpFamily.LOGIT_LOSS: ("cross_entropy", "binary_cross_entropy_with_logits", "soft_margin_loss",
                           "multilabel_soft_margin_loss"),
@@ -47,8 +47,7 @@ _FAMILIES: dict[OpFamily, tuple[str, ...]] = {
     OpFamily.ELEMENTWISE: ("add", "radd", "iadd", "sub", "rsub", "isub", "subtract", "mul", "rmul", "imul",
                            "multiply", "neg", "negative", "abs", "addcmul", "lerp", "clamp", "clip", "sign"),
     OpFamily.ACTIVATION: ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "sigmoid",
-                          "tanh", "softplus", "softsign", "hardtanh", "hardswish", "hardsigmoid", "logsigmoid",
-                          "prelu", "rrelu", "glu", "threshold", "tanhshrink", "softshrink", "hardshrink"),
+                          "tanh", "softplus", "softsign", "hardtanh", "hardswish", "hardsigmoid", "prelu", "rrelu", "glu", "threshold", "tanhshrink", "softshrink", "hardshrink"),
     OpFamily.FILL: ("masked_fill", "where", "fill", "full", "full_like", "index_fill", "masked_scatter",
                     "fill_diagonal"),
 }

@@ -301,6 +301,8 @@ class Watch:
         return MicroBatch(args, kwargs, torch.get_rng_state(), cuda_rng, _autocast_state(), step_fn=step_fn)
 
     def _record_output_loss(self, module, args, output) -> None:
+        if self._micro_batches and self._micro_batches[-1].step_fn is not None:
+            return  # a host's recorded step (Lightning's training_step): the host hands the watch its loss
         loss = loss_of(output)
         if loss is not None and torch.is_grad_enabled() and not self.stopped and not self._replaying:
             self._add_loss(loss)
