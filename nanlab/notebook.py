@@ -46,7 +46,8 @@ def triage_map(causes=None, start: str = "notebooks") -> str:
 
     rows = ["| cause | when the NaN appears | what it looks like | notebooks |", "|---|---|---|---|"]
     for cause in list_causes() if causes is None else causes:
-        links = " · ".join(f"[{framework}]({notebook_link(path, start)})" for framework, path in cause.notebooks.items())
+        links = " · ".join(f"[{framework}]({notebook_link(path, start)})"
+                           for framework, path in cause.notebooks.items())
         rows.append(f"| **{table_cell(cause.title)}** (`{cause.id}`) | {table_cell(cause.when)} | "
                     f"{table_cell(cause.symptom)} | {links} |")
     return "\n".join(rows)
