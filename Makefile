@@ -12,7 +12,7 @@
 # make doctor    : check this machine (versions, devices, CUDA, the notebooks' kernel), then run the one-minute
 #                  end-to-end check (nanlab doctor --smoke)
 # make wheelhouse: every wheel a lab installs, downloaded once into build/wheelhouse for offline installs
-#                  (WHEELHOUSE_EXTRAS=torch,dev for a PyTorch-only lab; docs/teaching.md)
+#                  (the extras make env installs; WHEELHOUSE_EXTRAS=torch,dev for less; docs/teaching.md)
 # make gpu-check  : on a CUDA machine, ~10 min: the catalogue on the GPU (1 seed), the watch's CUDA tests and the
 #                  torch benchmarks, written to docs/reproduction-cuda.md (on a CPU machine: one line, exit 0)
 # make reproduce DEVICE=cuda : reproduce on the GPU (default: auto, the GPU when there is one)
@@ -71,7 +71,7 @@ doctor: env
 	$(BIN)/nanlab doctor --smoke
 
 .PHONY: wheelhouse
-WHEELHOUSE_EXTRAS ?= torch,tensorflow,dev
+WHEELHOUSE_EXTRAS ?= torch,tensorflow,integrations,dev
 wheelhouse: env
 	$(BIN)/python -m tools.wheelhouse --out build/wheelhouse --extras $(WHEELHOUSE_EXTRAS)
 
