@@ -2,11 +2,14 @@
 
 A ``GradientTape`` loop. The forward and backward passes run eagerly, so that an op that raises (out-of-range labels
 on CPU) raises where it is written; only the optimizer update is a ``tf.function``, traced once per run, because
-Keras' eager update costs several milliseconds per step (measured 2.4x faster Adam runs, identical losses). Recording does not change the numerics: the gradient norm is computed from the gradients (in float64)
-without touching them; clipping and schedules, when a fix asks for them, are the optimizer's own
+Keras' eager update costs several milliseconds per step (measured 2.4x faster Adam runs, identical losses).
+Recording does not change the numerics: the gradient norm is computed from the gradients (in float64) without
+touching them; clipping and schedules, when a fix asks for them, are the optimizer's own
 (``global_clipnorm``, ``keras.optimizers.schedules``), as a Keras user would write them.
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -14,7 +17,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from nanlab.data import minibatch_indices
-from nanlab.frameworks.tensorflow.backend import keras, on_device, tf  # noqa: F401 (re-exported for recipes and notebooks)
+# keras, on_device and tf are re-exported for recipes and notebooks
+from nanlab.frameworks.tensorflow.backend import keras, on_device, tf  # noqa: F401
 from nanlab.lr_range import RangeTestTracker
 from nanlab.run import History
 from nanlab.training import Training as BaseTraining
@@ -99,12 +103,19 @@ def train_step(training: Training, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tenso
 
 def train(training: Training, steps: int, history: History | None = None) -> History:
     """Train for ``steps`` steps, stopping at the first step whose loss or gradient norm is non-finite. Steps are
-    recorded into ``history`` when given, so that a caller keeps the steps before an exception."""
+    recorded into ``history`` when given, so that a caller keeps the steps before an exception. Under
+    ``nanlab.watch(training, on_nonfinite="skip")`` a step whose update the watch dropped is not recorded and training
+    goes on."""
     history = history if history is not None else History()
     for _ in range(steps):
-        x, y = next(training.batches)
-        loss, norm = train_step(training, x, y)
-        if not history.record(float(loss.numpy()), float(norm.numpy())):
+        try:
+            x, y = next(training.batches)
+        except StopIteration:  # a watch that stopped training (on_nonfinite="stop") ends its batches
+            break
+        loss, norm = (float(value.numpy()) for value in train_step(training, x, y))
+        if training.watch_decides(math.isfinite(loss) and math.isfinite(norm)):
+            continue  # the watch decides as the next batch is drawn: it raises, or the update was held back
+        if not history.record(loss, norm):
             break
     return history
 

@@ -557,6 +557,7 @@ class Watch(keras.callbacks.Callback):
         self._unwatch_optimizer()
         if self.training is not None:
             self.training.compiled_update = None  # traced afresh, around the optimizer's own apply
+            self.training.watch = None
             if self._user_batches is not None:
                 self.training.loss_fn, self.training.batches = self._user_loss, self._user_batches
                 self._user_batches = None
@@ -571,7 +572,7 @@ class Watch(keras.callbacks.Callback):
         self._user_batches = None
         if self.training is not None:
             self.training.compiled_update = None  # traced afresh, around the watched apply
-            self.training.loss_fn = self.loss_fn
+            self.training.loss_fn, self.training.watch = self.loss_fn, self  # the loop goes on past skipped steps
             self._user_batches = self.training.batches
             self.training.batches = self._watched_batches()
         return self

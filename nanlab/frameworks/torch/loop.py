@@ -7,8 +7,9 @@ the plain ``torch.nn.utils.clip_grad_norm_`` call a user would write.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +41,6 @@ class Training(BaseTraining):
     max_grad_norm: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
-    watch: Any = field(default=None, repr=False, compare=False)  # the nanlab.watch attached (it sets this itself)
 
 
 def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: str) -> Iterator[Batch]:
@@ -104,12 +104,10 @@ def train(training: Training, steps: int, history: History | None = None) -> His
     history = history if history is not None else History()
     for _ in range(steps):
         x, y = next(training.batches)
-        watch = getattr(training, "watch", None)
-        skips = watch.core.skips_in_a_row if watch is not None else 0
-        loss, norm = train_step(training, x, y)
-        if watch is not None and watch.core.skips_in_a_row > skips:
-            continue  # the watch skipped this step: its update did not happen
-        if not history.record(*torch.stack([loss.detach().double(), norm]).tolist()):
+        loss, norm = torch.stack([value.detach().double() for value in train_step(training, x, y)]).tolist()
+        if training.watch_decides(math.isfinite(loss) and math.isfinite(norm)):
+            continue  # a step the watch skipped: its update did not happen, and training goes on
+        if not history.record(loss, norm):
             return history
     training.model.eval()
     return history

@@ -47,7 +47,8 @@ _FAMILIES: dict[OpFamily, tuple[str, ...]] = {
     OpFamily.ELEMENTWISE: ("add", "radd", "iadd", "sub", "rsub", "isub", "subtract", "mul", "rmul", "imul",
                            "multiply", "neg", "negative", "abs", "addcmul", "lerp", "clamp", "clip", "sign"),
     OpFamily.ACTIVATION: ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "sigmoid",
-                          "tanh", "softplus", "softsign", "hardtanh", "hardswish", "hardsigmoid", "prelu", "rrelu", "glu", "threshold", "tanhshrink", "softshrink", "hardshrink"),
+                          "tanh", "softplus", "softsign", "hardtanh", "hardswish", "hardsigmoid", "prelu", "rrelu",
+                          "glu", "threshold", "tanhshrink", "softshrink", "hardshrink"),
     OpFamily.FILL: ("masked_fill", "where", "fill", "full", "full_like", "index_fill", "masked_scatter",
                     "fill_diagonal"),
 }
