@@ -67,10 +67,10 @@ def diagnose(report) -> Verdict | None:
     squared = (family in SQUARE_FAMILIES or (family in SELF_PRODUCT_FAMILIES and _self_product(report)
                                              and largest <= limit / 2))
     if squared and largest > root and _result_overflowed(report):
-        return Verdict(CAUSE.id, DIRECT + SPECIFIC, f"{where} squared float16 values of at most {largest:.4g}, "
-                       f"well inside float16's range, into {_overflow(report)}: past {root:.4g} a square passes "
-                       f"{limit:.6g}, so a statistic built on it (the mean of squares of a LayerNorm or RMSNorm) "
-                       "is inf; compute the statistics in float32", ("dtype", "op_family", "op_inputs", "value"))
+        return Verdict(CAUSE.id, DIRECT + SPECIFIC, f"{where} squared float16 values of at most {largest:.4g} "
+                       f"into {_overflow(report)}: past {root:.4g} a value fits float16 and its square does not, so "
+                       "a statistic of squares (a LayerNorm's variance, an RMSNorm's mean of squares) is inf while "
+                       "the activations are fine; compute it in float32", ("dtype", "op_family", "op_inputs", "value"))
     if family in REDUCE_FAMILIES and _result_overflowed(report) \
             and all(entry.negatives == 0 and (entry.min is None or entry.min >= 0) for entry in report.op_inputs):
         return Verdict(CAUSE.id, DIRECT + REDUCE_SPECIFIC, f"{where} summed non-negative float16 values (squares, as "
@@ -86,6 +86,7 @@ def diagnose(report) -> Verdict | None:
 
 
 def _overflow(report) -> str:
+    """The op's result: its magnitude recomputed in a wider dtype where the watch recorded one, else its value."""
     if report.max_abs is not None and report.max_abs > (range_limit(report) or math.inf):
-        return f"{report.max_abs:.3g} ({report.value or 'inf'} in float16)"
+        return f"{report.max_abs:.3g}"
     return report.value or "inf"

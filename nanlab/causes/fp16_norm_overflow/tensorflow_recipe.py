@@ -39,27 +39,35 @@ class HandWrittenLayerNorm(keras.layers.Layer):
         return normalised * self.gamma + self.beta
 
 
-def make_model(norm: keras.layers.Layer) -> keras.Model:
-    """The readings standardised per sample by ``norm``, then a small MLP, all ``mixed_float16``; the logits leave
-    in float32 (Keras guide)."""
+def make_model(norm: keras.layers.Layer, policy: str = POLICY) -> keras.Model:
+    """The readings standardised per sample by ``norm``, then a small MLP, all computing in ``policy``; the logits
+    leave in float32 (Keras guide)."""
     return keras.Sequential([
-        keras.Input((NUM_FEATURES,), dtype="float16"),
+        keras.Input((NUM_FEATURES,), dtype="float16" if policy == POLICY else "float32"),
         norm,
-        keras.layers.Dense(HIDDEN_UNITS, activation="relu", dtype=POLICY),
-        keras.layers.Dense(NUM_CLASSES, dtype=POLICY),
+        keras.layers.Dense(HIDDEN_UNITS, activation="relu", dtype=policy),
+        keras.layers.Dense(NUM_CLASSES, dtype=policy),
         keras.layers.Activation("linear", dtype="float32"),
     ])
 
 
-def build_training(seed: int, norm: keras.layers.Layer) -> Training:
+def build_training(seed: int, norm: keras.layers.Layer, policy: str = POLICY) -> Training:
+    """The float16 readings into a ``mixed_float16`` model; ``policy="float32"``: both in float32."""
     data = make_data(seed)  # float16 readings
+    x_train, x_eval = (data.x_train, data.x_eval) if policy == POLICY else (data.x_train.astype("float32"),
+                                                                            data.x_eval.astype("float32"))
     return Training(
-        model=make_model(norm),
+        model=make_model(norm, policy),
         optimizer=keras.optimizers.Adam(learning_rate=LR),
         loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        batches=minibatches(data.x_train, data.y_train, BATCH_SIZE, seed),
-        evaluate=accuracy(data.x_eval, data.y_eval),
+        batches=minibatches(x_train, data.y_train, BATCH_SIZE, seed),
+        evaluate=accuracy(x_eval, data.y_eval),
     )
+
+
+def float32_baseline(seed: int, device: str) -> Training:
+    """The broken setting's model and readings in float32: the same hand-written LayerNorm learns."""
+    return build_training(seed, HandWrittenLayerNorm(dtype="float32", name="norm"), policy="float32")
 
 
 def broken(seed: int, device: str) -> Training:

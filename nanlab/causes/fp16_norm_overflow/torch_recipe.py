@@ -58,16 +58,24 @@ def make_layers(norm: nn.Module) -> nn.Sequential:
                          nn.Linear(HIDDEN_UNITS, NUM_CLASSES))
 
 
-def build_training(seed: int, device: str, norm: nn.Module) -> Training:
+def build_training(seed: int, device: str, norm: nn.Module, float16: bool = True) -> Training:
+    """The readings in float16 and the model under float16 autocast; ``float16=False``: both in float32."""
     data = make_data(seed)  # float16 readings: the norm receives float16
-    model = Autocast(make_layers(norm)).to(device)
+    x_train, x_eval = (data.x_train, data.x_eval) if float16 else (data.x_train.astype("float32"),
+                                                                   data.x_eval.astype("float32"))
+    model = (Autocast(make_layers(norm)) if float16 else make_layers(norm)).to(device)
     return Training(
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=LR),
         loss_fn=nn.functional.cross_entropy,
-        batches=minibatches(data.x_train, data.y_train, BATCH_SIZE, seed, device),
-        evaluate=accuracy(data.x_eval, data.y_eval, device),
+        batches=minibatches(x_train, data.y_train, BATCH_SIZE, seed, device),
+        evaluate=accuracy(x_eval, data.y_eval, device),
     )
+
+
+def float32_baseline(seed: int, device: str) -> Training:
+    """The broken setting's model and readings in float32: the same hand-written LayerNorm learns."""
+    return build_training(seed, device, HandWrittenLayerNorm(NUM_FEATURES), float16=False)
 
 
 def broken(seed: int, device: str) -> Training:
