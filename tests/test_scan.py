@@ -15,7 +15,8 @@ def clean_data(n=40, features=6, classes=3, seed=0):
 
 
 def test_import_nanlab_imports_no_framework():
-    code = "import sys, nanlab; nanlab.watch; nanlab.scan; print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))"
+    code = ("import sys, nanlab; nanlab.watch; nanlab.scan; "
+            "print(sorted({'torch', 'tensorflow', 'keras'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
