@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from nanlab.evidence import listed
 from nanlab.watching.vocabulary import PHASES, InputStats, OpFamily, OptimizerFacts, Phase
 
-__all__ = ["PHASES", "NonFiniteReport", "gradient_growth", "is_recurrent"]
+__all__ = ["PHASES", "NonFiniteReport", "gradient_growth", "is_recurrent", "spoiled_by_update"]
 RECURRENT_HINTS = ("rnn", "lstm", "gru", "recurrent", "cell")
 GROWTH_FACTOR = 100.0  # gradient norm growth over the recorded steps that counts as "exploding"
 MIN_GROWTH_STEPS = 3
@@ -188,6 +188,12 @@ class NonFiniteReport:
         if values.get("optimizer") is not None:
             values["optimizer"] = OptimizerFacts.from_dict(values["optimizer"])
         return cls(**values)
+
+
+def spoiled_by_update(found_at: int, parameter: str) -> str:
+    """The note of an "optimizer update" report found at a later bad step (the same words in every framework)."""
+    return (f"Found at step {found_at}, when the loss or gradients went non-finite: the update of step "
+            f"{max(found_at - 1, 0)} (or an earlier one, if `{parameter}` took no part since) made it non-finite.")
 
 
 def gradient_growth(grad_norms: list[float]) -> float | None:

@@ -55,7 +55,7 @@ from nanlab.frameworks.tensorflow.backend import keras, tf
 from nanlab.frameworks.tensorflow.names import (OP_FAMILIES, class_ids, dtype_name, is_sparse_loss, optimizer_facts,
                                                 variable_path)
 from nanlab.frameworks.tensorflow.records import BadStep
-from nanlab.report import NonFiniteReport
+from nanlab.report import NonFiniteReport, spoiled_by_update
 from nanlab.watching.core import WatchCore
 from nanlab.watching.policy import WatchHistory, WatchPolicy
 from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, Phase, op_family
@@ -69,9 +69,6 @@ ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.
 PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                    aggregation=tf.VariableAggregation.NONE)
 MIRRORED = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-UPDATE_NOTE = "The weights stay as that update left them (the watch keeps one step's copy)."
-
-
 class Watch(keras.callbacks.Callback):
     """``model.fit(..., callbacks=[nanlab.watch(model)])``, or, around a GradientTape loop::
 
@@ -340,7 +337,7 @@ class Watch(keras.callbacks.Callback):
         report = self._base_report(status, overflow)
         spoiled = self._nonfinite_weights() if "apply" not in self._moved else []
         if spoiled:
-            return self._update_report(report, spoiled)
+            return self._update_report(report, spoiled, found_at=self.core.step)
         if "apply" in self._moved:
             report.note = "Localisation was unavailable: " + private.moved(
                 private.HOOKS["apply"], "this step's update could not be held back, and was applied.")
@@ -389,7 +386,7 @@ class Watch(keras.callbacks.Callback):
         step made them so, from finite loss and gradients."""
         return [v for v in self._trainable() if not np.isfinite(np.asarray(_read(v))).all()]
 
-    def _update_report(self, report: NonFiniteReport, spoiled: list) -> NonFiniteReport:
+    def _update_report(self, report: NonFiniteReport, spoiled: list, found_at: int | None = None) -> NonFiniteReport:
         """The previous step's optimizer update is the fault; the weights cannot be put back from before it."""
         report.step = max(self.core.step - 1, 0)
         report.phase, report.op = Phase.OPTIMIZER, "apply_gradients"
@@ -400,7 +397,8 @@ class Watch(keras.callbacks.Callback):
         dtype = dtype_name(spoiled[0].dtype)
         if dtype in HALF_PRECISION:
             report.dtype, report.dtype_max = dtype, DTYPE_MAX[dtype]
-        report.note = UPDATE_NOTE
+        if found_at is not None:  # found at a later bad step, not as training ended
+            report.note = spoiled_by_update(found_at, report.parameter)
         return report
 
     def _restore_state(self) -> None:

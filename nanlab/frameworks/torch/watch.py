@@ -74,7 +74,7 @@ from nanlab.evidence import IGNORE_INDEX, class_id_targets
 from nanlab.frameworks.torch import private
 from nanlab.frameworks.torch.names import FLOAT8, OP_FAMILIES, checkable, dtype_kind, dtype_name, optimizer_facts
 from nanlab.frameworks.torch.records import BadStep, CompiledStep, MicroBatch, loss_of
-from nanlab.report import NonFiniteReport, is_recurrent
+from nanlab.report import NonFiniteReport, spoiled_by_update, is_recurrent
 from nanlab.training import Training
 from nanlab.watching import WatchHistory, WatchPolicy
 from nanlab.watching.core import LOG, WatchCore
@@ -538,9 +538,7 @@ class Watch:
         report.dtype = dtype_name(next(p.dtype for p in self._params if self._names[id(p)] == bad[0]))
         report.dtype_max = dtype_max(report.dtype)
         if found_at is not None:
-            report.note = (f"Found at step {found_at}, when the loss or gradients went non-finite: the update of "
-                           f"step {max(found_at - 1, 0)} (or an earlier one, if `{bad[0]}` took no part since) made "
-                           "it non-finite.")
+            report.note = spoiled_by_update(found_at, bad[0])
         return report
 
     # -- helpers -------------------------------------------------------------------------------------------------
