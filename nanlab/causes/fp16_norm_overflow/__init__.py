@@ -10,9 +10,9 @@ What follows depends on how the statistic is used (measured in both frameworks):
   ``(x - mean) * rsqrt(mean((x - mean)**2) + eps)``: ``rsqrt(inf) = 0``, so the row is normalised to exactly 0 and
   its gradient is exactly 0. No NaN ever reaches the loss: the model silently stops depending on those rows (the
   "wrong answers" of pytorch/pytorch#133085, the "zero after dividing infinity" of xlite-dev/LeetCUDA#335).
-- the one-pass variance ``E[x**2] - E[x]**2`` (the formula Keras' torch backend and Flax use, both after casting
-  float16 to float32 for this reason): when the row's mean is past 256 too, the variance is ``inf - inf = NaN``
-  and the loss is NaN at once.
+- the one-pass variance ``E[x**2] - E[x]**2`` (the formula of Keras' ``moments`` on the torch backend, which casts
+  float16 to float32 first for this reason): when the row's mean is past 256 too, the variance is
+  ``inf - inf = NaN`` and the loss is NaN at once.
 
 The recipe is the second (a catalogue of NaN causes needs a run that goes non-finite); the notebooks show the
 first beside it. The data are sensor readings in kelvin (about 300 K) stored in float16 to halve their memory,
@@ -73,8 +73,8 @@ CAUSE = Cause(
         "huggingface/transformers#5651 and #9295: T5 in float16 overflows; T5LayerNorm computes its variance in "
         "float32 ('layer norm should always be calculated in float32') and T5 clamps hidden states to "
         "finfo(float16).max - 1000 (https://github.com/huggingface/transformers/issues/9295)",
-        "pytorch/pytorch#133085: nn.RMSNorm gave wrong answers in float16 from the overflow of pow(input, 2); "
-        "the fix upcasts (https://github.com/pytorch/pytorch/pull/133085)",
+        "pytorch/pytorch#133085: nn.RMSNorm gave wrong answers in float16 from the overflow of pow(input, 2), "
+        "where Hugging Face's LlamaRMSNorm, which upcasts, did not (https://github.com/pytorch/pytorch/pull/133085)",
         "xlite-dev/LeetCUDA#335: float16 layer_norm and rms_norm overflow and give zero after dividing by "
         "infinity (https://github.com/xlite-dev/LeetCUDA/pull/335)",
         "Keras source, ops.moments: 'The dynamic range of float16 is too limited for statistics', so float16 "
