@@ -73,8 +73,9 @@ CAUSE = Cause(
         "ronghuaiyang/arcface-pytorch#68: 'when cosine(theta) == 1 the loss would become NaN'; clamp the cosine "
         "to [-1 + eps, 1 - eps]; MccreeZhao/FR-Loss-on-Mnist#2: ArcFace on MNIST's 2-D LeNet++ features goes NaN "
         "because 'input and weight directions become almost identical'",
-        "ronghuaiyang/arcface-pytorch#91 and ZhaoJ9014/face.evoLVe#117: the acos-free form needs its "
-        "sqrt(1 - cos**2) kept above 0 (clamp at 1e-6 / 1e-9), or the square root's derivative is inf",
+        "ronghuaiyang/arcface-pytorch#91, ZhaoJ9014/face.evoLVe#117 and ktjonsson/keras-ArcFace#2: the acos-free "
+        "form needs its sqrt(1 - cos**2) kept above 0 (clipped at 1e-6, 1e-9 or K.epsilon()), or the square root's "
+        "derivative is inf",
         "PyTorch docs, torch.acos; TensorFlow docs, tf.math.acos: defined on [-1, 1]",
     ),
     package=__name__,
