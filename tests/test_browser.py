@@ -2,7 +2,10 @@
 
 Each test opens a notebook, runs all its cells from the Run menu, saves it, and checks that no dialog asked for a
 kernel, that no cell failed except those tagged ``raises-exception``, and that every figure rendered as an image
-the browser decoded. Screenshots go to ``results/screenshots/`` (or ``$NANLAB_SCREENSHOTS``).
+the browser decoded. Two more click links as a student does: 00-start-here's triage map opens its notebook, and
+a glossary link opens the glossary, in JupyterLab serving notebooks/ as `make lab` does. And `make slides` decks
+are measured at 1280x720, every slide: nothing wider than the screen, no text under 20 px, each figure alone on its
+slide and whole on screen. Screenshots go to ``results/screenshots/`` (or ``$NANLAB_SCREENSHOTS``).
 
 Needs Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs it) and the ``playwright`` package,
 which drives that Chromium (its own browser download is not used). Without them the tests skip and say why.
@@ -195,4 +198,147 @@ def test_notebook_runs_in_jupyterlab_in_chromium(lab, browser, name):
                                    .filter(img => img.complete && img.naturalWidth > 0).length""")
     assert decoded == figures, f"{decoded} of {figures} figures rendered in the browser"
     print(f"{name}: page loaded in {loaded:.1f} s, ran all cells in {ran:.1f} s")
+    page.close()
+
+
+# `make slides` on a projector: every slide of a few decks, at 1280x720, in the same Chromium.
+SLIDE_DECKS = ["00-start-here.ipynb", "pytorch/01-high-learning-rate.ipynb",
+               "tensorflow/06-exploding-rnn-gradients.ipynb", "pytorch/90-hunt-your-own-nan.ipynb"]
+PROJECTOR = {"width": 1280, "height": 720}
+MIN_FONT_PX = 20
+
+# For the slide on screen: what sticks out left or right of the window, what is clipped or scrolls sideways, text
+# smaller than MIN_FONT_PX on screen (MathJax's sub- and superscripts aside), and each figure's box.
+MEASURE_SLIDE = """(minFont) => {
+    const slide = Reveal.getCurrentSlide(), scale = Reveal.getScale(), width = window.innerWidth;
+    const name = el => el.tagName.toLowerCase() + (el.className && typeof el.className === 'string'
+                       ? '.' + el.className.trim().split(/\\s+/).join('.') : '');
+    const wide = [], clipped = [], small = [];
+    for (const el of [slide, ...slide.querySelectorAll('*')]) {
+        if (el.closest('aside.notes, .MJX_Assistive_MathML')) continue;  // notes; MathJax's copy for screen readers
+        const box = el.getBoundingClientRect();
+        if (box.width === 0 || box.height === 0) continue;
+        if (box.right > width + 1 || box.left < -1)
+            wide.push(`${name(el)} spans ${box.left.toFixed(0)}..${box.right.toFixed(0)}`);
+        const overflowX = getComputedStyle(el).overflowX;
+        if (overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1)
+            clipped.push(`${name(el)}: ${el.scrollWidth} px of content in ${el.clientWidth}`);
+        const text = [...el.childNodes].some(node => node.nodeType === 3 && node.textContent.trim());
+        if (text && !el.closest('.MathJax, .MathJax_Display, .MathJax_Preview, math')) {
+            const px = parseFloat(getComputedStyle(el).fontSize) * scale;
+            if (px < minFont - 0.05)
+                small.push(`${name(el)} ${px.toFixed(1)} px: ${el.textContent.trim().slice(0, 40)}`);
+        }
+    }
+    const figures = slide.hasAttribute('data-figure')
+        ? [...slide.querySelectorAll('img')].map(img => img.getBoundingClientRect())
+              .map(box => ({left: box.left, right: box.right, bottom: box.bottom,
+                            width: box.width, height: box.height}))
+        : [];
+    return {wide, clipped, small, figures, imgs: slide.querySelectorAll('img').length};
+}"""
+
+
+@pytest.fixture(scope="module")
+def decks(tmp_path_factory):
+    from tools import build_slides
+
+    out = tmp_path_factory.mktemp("slides")
+    return dict(zip(SLIDE_DECKS, build_slides.build([ROOT / "notebooks" / name for name in SLIDE_DECKS], out)))
+
+
+@pytest.mark.parametrize("name", SLIDE_DECKS)
+def test_every_slide_fits_a_1280x720_projector(browser, decks, name):
+    page = browser.new_page(viewport=PROJECTOR)
+    page.goto(decks[name].as_uri())
+    page.wait_for_function("() => window.Reveal && Reveal.isReady()", timeout=30_000)
+    page.wait_for_function("() => !window.MathJax || !MathJax.Hub || (MathJax.Hub.queue.pending === 0 && "
+                           "MathJax.Hub.queue.running === 0)", timeout=30_000)
+    slides = page.evaluate("""() => [...document.querySelectorAll('.reveal .slides > section')].flatMap(
+        (stack, h) => { const inner = stack.querySelectorAll(':scope > section');
+                        return inner.length ? [...inner].map((_, v) => [h, v]) : [[h, 0]]; })""")
+    assert len(slides) == page.evaluate("() => Reveal.getTotalSlides()") > 3
+    problems, figures, shot = [], 0, None
+    for h, v in slides:
+        page.evaluate(f"() => Reveal.slide({h}, {v})")
+        found = page.evaluate(MEASURE_SLIDE, MIN_FONT_PX)
+        where = f"slide {h}.{v}"
+        problems += [f"{where}: wider than the screen: {item}" for item in found["wide"][:3]]
+        problems += [f"{where}: clipped or scrolling sideways: {item}" for item in found["clipped"][:3]]
+        problems += [f"{where}: text under {MIN_FONT_PX} px: {item}" for item in found["small"][:3]]
+        if found["figures"]:
+            figures += 1
+            if len(found["figures"]) != 1 or found["imgs"] != 1:
+                problems.append(f"{where}: {found['imgs']} images on a figure's slide (one figure per slide)")
+            box = found["figures"][0]
+            if box["right"] > PROJECTOR["width"] + 1 or box["bottom"] > PROJECTOR["height"] + 1 or box["left"] < -1:
+                problems.append(f"{where}: the figure is cut off: {box}")
+            if box["height"] < 0.75 * PROJECTOR["height"] and box["width"] < 0.9 * PROJECTOR["width"]:
+                problems.append(f"{where}: the figure does not fill the screen: {box}")
+            if shot is None:
+                shot = SCREENSHOTS / f"slides-{name.replace('/', '-').removesuffix('.ipynb')}-figure.png"
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shot))
+        elif found["imgs"]:
+            problems.append(f"{where}: an image outside a figure slide")
+    page.close()
+    assert not problems, problems
+    if name != "00-start-here.ipynb" or figures:
+        assert figures >= 1, "the deck's figures were found and checked"
+    print(f"{name}: {len(slides)} slides, {figures} figure slides checked at 1280x720")
+
+
+# Links, clicked as a student clicks them (the served folder is make lab's root: notebooks/).
+def _front_tab_path(page) -> str:
+    """The path of the document in front, from its tab's tooltip ("Name: …\\nPath: …")."""
+    title = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.jp-mod-current").first.get_attribute("title") or ""
+    return next((line.removeprefix("Path: ").strip() for line in title.splitlines() if line.startswith("Path:")), "")
+
+
+def _click_link(page, target: str, opens: str) -> None:
+    """Click the link to ``target`` (a path in the served folder, with its #fragment if any): JupyterLab renders a
+    relative link as /files/<the path it resolves to>?_xsrf=…#fragment and opens that document when it is clicked."""
+    path, _, fragment = target.partition("#")
+    selector = f'{PANEL} a[href*="/files/{path}?"]' + (f'[href$="#{fragment}"]' if fragment else "")
+    link = page.locator(selector).first
+    link.scroll_into_view_if_needed(timeout=30_000)
+    link.click(timeout=10_000)
+    page.wait_for_function(
+        """(opens) => document.querySelector('.jp-Dialog') || [...document.querySelectorAll(
+              '.lm-DockPanel-tabBar .lm-TabBar-tab.jp-mod-current')].some(tab => (tab.title || '').includes(opens))""",
+        arg=opens, timeout=60_000)
+    if page.locator(".jp-Dialog").count():
+        pytest.fail(f"clicking the link to {target} opened a dialog: {page.locator('.jp-Dialog').inner_text()[:200]!r}")
+
+
+def test_a_triage_map_link_opens_its_notebook_in_jupyterlab(lab, browser):
+    url, served = lab
+    start = served / "00-start-here.ipynb"
+    if not any(output.get("data", {}).get("text/markdown", "").startswith("| cause")
+               for cell in nbformat.read(start, as_version=4).cells for output in cell.get("outputs", [])):
+        shutil.copy(ROOT / "notebooks" / "00-start-here.ipynb", start)  # the triage map as committed, outputs in
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open(page, url, "00-start-here.ipynb")
+    _click_link(page, "pytorch/01-high-learning-rate.ipynb", opens="Path: pytorch/01-high-learning-rate.ipynb")
+    page.wait_for_function(f"() => document.querySelector('{PANEL} .jp-Notebook-ExecutionIndicator')",
+                           timeout=60_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "triage-link-opened.png"))
+    assert _front_tab_path(page) == "pytorch/01-high-learning-rate.ipynb"
+    assert page.locator(PANEL).first.get_by_text("Learning rate too high").count(), "the notebook's own content"
+    page.close()
+
+
+def test_a_glossary_link_opens_the_glossary(lab, browser):
+    """The link at pytorch/06's first use of "spectral radius" opens the glossary, which has that heading.
+    JupyterLab 4.6 opens a notebook linked with a #heading at its top (measured here: the heading stays ~3500 px
+    down, with windowing on or off); the glossary's first cell lists every term as a link within the page."""
+    url, served = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open(page, url, "pytorch/06-exploding-rnn-gradients.ipynb")
+    _click_link(page, "glossary.ipynb#Spectral-radius", opens="Path: glossary.ipynb")
+    page.locator(f'{PANEL} [data-jupyter-id="Spectral-radius"]').first.wait_for(state="attached", timeout=30_000)
+    page.locator(f'{PANEL} a[href$="#Spectral-radius"]').first.wait_for(timeout=30_000)  # the term list's link
+    page.screenshot(path=str(SCREENSHOTS / "glossary-link-opened.png"))
+    assert _front_tab_path(page) == "glossary.ipynb"
     page.close()
