@@ -151,6 +151,23 @@ def test_a_rate_that_only_grew_is_named_where_the_rates_are_recorded():
     assert report.cause == "high-learning-rate" and CAUSE.id not in report.verdicts
 
 
+@dataclass
+class FactsWithCoupling(OptimizerFacts):
+    """Optimizer facts that also say whether the weight decay was decoupled (no framework records it yet)."""
+
+    decoupled_weight_decay: bool | None = None
+
+
+def test_a_coupled_l2_term_is_no_per_step_factor_where_the_facts_say_so():
+    """torch's Adam adds wd * w to the gradient and divides by sqrt(v): lr * wd is no factor on the weights there."""
+    fields = dict(phase="forward", op="linear", op_family=OpFamily.MATMUL, value="inf")
+    coupled = FactsWithCoupling("Adam", learning_rate=1e-2, weight_decay=300.0, decoupled_weight_decay=False)
+    assert CAUSE.id not in [verdict.cause for verdict in rank(NonFiniteReport("torch", 5, optimizer=coupled,
+                                                                              **fields))]
+    decoupled = FactsWithCoupling("Adam", learning_rate=1e-2, weight_decay=300.0, decoupled_weight_decay=True)
+    assert conclude(NonFiniteReport("torch", 5, optimizer=decoupled, **fields)).cause == CAUSE.id
+
+
 # -- the mechanism, PyTorch ---------------------------------------------------------------------------------------
 def test_torch_adamw_multiplies_each_weight_by_minus_two_per_step(torch):
     """With a zero gradient Adam's step is 0, so only the decay acts: w <- (1 - lr * wd) w = -2 w, exactly."""

@@ -13,9 +13,10 @@ Read from the optimizer facts of the failing step, in the shared vocabulary (eac
   division by zero) or negative (the square root of a negative number for beta2).
 
 One limit: PyTorch's Adam, RMSprop and Adagrad (without ``decoupled_weight_decay``) add ``wd * w`` to the gradient,
-which their adaptive denominator rescales, so there ``lr * wd`` is no per-step factor; the facts do not say whether
-the decay was decoupled (Keras' ``Adam`` decouples it, torch's does not, under the same ``kind``), so the reason
-names the optimizers for which the factor holds.
+which their adaptive denominator rescales, so there ``lr * wd`` is no per-step factor. ``OptimizerFacts`` does not
+say whether the decay was decoupled (Keras' ``Adam`` decouples it, torch's does not, under the same ``kind``), so
+the reason names the optimizers for which the factor holds; where the facts carry ``decoupled_weight_decay`` and it
+is False (a coupled L2 term), the weight-decay clause stays silent.
 
 These are direct evidence, read from the optimizer itself, so they rank above ``high-learning-rate`` (the gradient
 norm's growth, a trend that any divergence shows) and above the op where the overflow finally landed. The phase
@@ -55,7 +56,7 @@ def _name(facts) -> str:
 
 def _weight_decay(facts) -> Verdict | None:
     decay = facts.decay_per_step
-    if decay is None or decay < 1:
+    if decay is None or decay < 1 or getattr(facts, "decoupled_weight_decay", None) is False:
         return None
     factor = 1.0 - decay
     product = (f"{_name(facts)} has lr * weight_decay = {facts.learning_rate:g} * {facts.weight_decay:g} = "
