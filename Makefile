@@ -5,7 +5,10 @@
 #                  contract, the browser and the distributed tests (about 3 minutes on 2 cores)
 # make lab       : open JupyterLab on the start-here notebook, serving notebooks/ (as root too, e.g. in a
 #                  container)
-# make student   : student copies of the notebooks in build/student (solutions removed, checks kept)
+# make student   : the handout: build/student/ and build/nanlab-student.zip (notebooks without solutions, the files
+#                  they read, a wheel of nanlab, requirements.txt, README.md)
+# make assignment: nbgrader's release in build/course/release and the answer key in build/answer-key
+# make autograde SUBMISSIONS=DIR : grade DIR/<student>/… with nbgrader, print the scores (build/course/scores.csv)
 # make slides    : reveal.js slide decks of the notebooks in build/slides for a projector (open offline; code
 #                  hidden, SHOW_CODE=1 shows it)
 # make site      : a static site of every executed notebook in build/site (open build/site/index.html)
@@ -25,7 +28,7 @@ NOTEBOOKS = notebooks/00-start-here.ipynb $(sort $(wildcard notebooks/pytorch/*.
 # Jupyter refuses to start as root ("Running as root is not recommended") unless told to
 LAB_FLAGS = $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: gpu-check env reproduce test test-quick lab notebooks student slides site doctor
+.PHONY: gpu-check env reproduce test test-quick lab notebooks student assignment autograde slides site doctor
 
 env: $(VENV)/.installed
 
@@ -55,8 +58,16 @@ lab: env
 notebooks: env
 	$(BIN)/python -m tools.execute_notebooks notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
 
+# student, assignment, autograde: every notebook under notebooks/ (the glossary included), graded with nbgrader
 student: env
-	$(BIN)/python -m tools.student_copies --out build/student $(NOTEBOOKS)
+	$(BIN)/python -m tools.student_copies --out build/student --zip build/nanlab-student.zip
+
+assignment: env
+	$(BIN)/python -m tools.assignment release --course build/course --answer-key build/answer-key
+
+SUBMISSIONS ?= submissions
+autograde: env
+	$(BIN)/python -m tools.assignment autograde --course build/course $(SUBMISSIONS)
 
 # slides and site: every notebook under notebooks/, the glossary included
 ALL_NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb notebooks/*/*.ipynb))

@@ -282,8 +282,9 @@ def write_source(notebooks: list[pathlib.Path], course: pathlib.Path) -> dict[st
             mark(copy)
             changed = neutralise_quoted_delimiters(copy)
             if missing:
-                print(f"warning: {_shown(notebook)}: {'; '.join(missing)}; marked in the course copy (to commit the "
-                      f"metadata: python -m tools.assignment mark {_shown(notebook)})", file=sys.stderr)
+                print(f"warning: {_shown(notebook)}: {len(missing)} problems with its nbgrader metadata ({missing[0]} "
+                      f"…); marked in the course copy. To commit the metadata: python -m tools.assignment mark "
+                      f"{_shown(notebook)}", file=sys.stderr)
             if changed:
                 print(f"note: {_shown(notebook)}: cells {changed} quote an nbgrader delimiter in prose; made inert "
                       "in the course copy", file=sys.stderr)

@@ -1,100 +1,181 @@
-"""Write student copies of notebooks: solutions removed, checks kept, outputs cleared.
+"""The student handout (`make student`): a folder and a zip that stand alone, with no solution in them.
 
-Usage: python -m tools.student_copies --out build/student NOTEBOOK [...]
+Usage: python -m tools.student_copies [--out build/student] [--zip build/nanlab-student.zip] [NOTEBOOK ...]
+       (default: every notebook under notebooks/)
 
-The nbgrader convention: in a code cell, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (markers
-included) become ``raise NotImplementedError("your answer here")`` at the markers' indentation; in a markdown
-cell they become *Your answer here.* Every other cell is kept as written, so the check cell after an exercise
-still tests the student's answer. Cells that held a solution are tagged ``exercise``; outputs and execution
-counts are cleared. Copies keep the repository's layout under ``--out`` (``<out>/notebooks/pytorch/01-….ipynb``)
-and ``--out`` links to the repository's other top-level folders (``benchmarks``, ``docs`` …), so that a notebook's
-relative paths (``../../benchmarks/RESULTS.md``) still resolve when a student runs the copy from its folder.
+What it holds (``<out>/``, zipped as ``nanlab-student/``):
 
-Convention for authors: an exercise is a code cell with the solution between the markers; the cells that check
-the answer follow it directly, before the next markdown cell (tests/test_student.py expects a student copy to fail
-in those cells only).
+- ``notebooks/`` in the repository's layout (``notebooks/00-start-here.ipynb``, ``notebooks/pytorch/…``): nbgrader's
+  release of each notebook (``tools/assignment.py``, the same release `make assignment` builds and grades against):
+  solutions replaced by ``raise NotImplementedError()``, hidden tests and the explanations of answers removed,
+  outputs cleared; the helper scripts a notebook runs (``pytorch/ddp_hunt.py``) beside it.
+- every repository file a notebook reads by a relative path, copied (never linked) to where that path lands
+  inside the handout: ``../../benchmarks/RESULTS.md`` from ``notebooks/pytorch/`` is ``benchmarks/RESULTS.md``.
+- ``wheels/nanlab-<version>-py3-none-any.whl``: the package, built from a clean copy of ``nanlab/`` (``pip wheel
+  --no-deps``); it holds the package's modules only, no notebook and no solution (``wheel_problems`` checks).
+- ``requirements.txt``: the third-party packages the notebooks need, with the project's pins (torch==2.13.0 as in
+  pyproject.toml), JupyterLab and ipykernel.
+- ``README.md``: how a student installs it (online, or offline from a wheelhouse) and starts.
+
+tests/test_student.py unzips the handout, installs the wheel offline into a fresh virtual environment and runs
+the notebooks there; they fail only in the exercise cells.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
 
-import nbformat
+from tools import assignment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-CODE_STUB = 'raise NotImplementedError("your answer here")'
-MARKDOWN_STUB = "*Your answer here.*"
-EXERCISE_TAG = "exercise"
-BEGIN_LINE = re.compile(rf"^[ \t]*{re.escape(BEGIN)}", re.MULTILINE)
-END_LINE = re.compile(rf"^[ \t]*{re.escape(END)}", re.MULTILINE)
-SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(\n|$)",
-                      re.MULTILINE | re.DOTALL)
+OUT = ROOT / "build" / "student"
+ZIP = ROOT / "build" / "nanlab-student.zip"
+ZIP_FOLDER = "nanlab-student"
+# from the dev extra, what a student needs to open the notebooks
+NOTEBOOK_PACKAGES = ("jupyterlab", "ipykernel")
+SOLUTION_TEXT = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS")
+
+README = """\
+# nanlab: why the loss turns NaN, and how to fix it
+
+Notebooks that reproduce, diagnose and fix NaN losses, in PyTorch and in TensorFlow/Keras. Start with
+`notebooks/00-start-here.ipynb`; your teacher tells you which framework and which notebooks.
+
+## Install (once, about 2 GB of packages)
+Python {python} or newer:
+
+```bash
+python -m venv .venv
+source .venv/bin/activate            # Windows: .venv\\Scripts\\activate
+pip install -r requirements.txt      # on a machine without an NVIDIA GPU, add
+                                     #   --extra-index-url https://download.pytorch.org/whl/cpu
+pip install --no-deps wheels/{wheel}
+```
+
+Without internet in the room your teacher hands out a folder of wheels (a wheelhouse); then
+`pip install --no-index --find-links WHEELHOUSE -r requirements.txt` and the same last line.
+
+## Start
+
+```bash
+jupyter lab notebooks/00-start-here.ipynb
+```
+
+## Exercises
+Each notebook ends with exercises. Replace `raise NotImplementedError()` with your answer and run the cell and
+the check after it. Some checks run only when your notebook is graded, and the explanation of an answer comes
+with your feedback, so predict first, then run. Hand in the notebooks your teacher asks for (the `.ipynb` files,
+saved).
+"""
 
 
-def strip_solutions(source: str, stub: str) -> str:
-    """``source`` with each solution region replaced by ``stub`` at the region's indentation."""
-    if len(BEGIN_LINE.findall(source)) != len(END_LINE.findall(source)):
-        raise ValueError(f"unbalanced solution markers in:\n{source}")
-    return SOLUTION.sub(lambda match: f"{match.group(1)}{stub}{match.group(2)}", source)
+def requirements() -> str:
+    """requirements.txt: the package's dependencies, the torch and tensorflow extras and the notebook packages of
+    the dev extra, with pyproject.toml's pins."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    notebook = [requirement for requirement in extras["dev"]
+                if re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0] in NOTEBOOK_PACKAGES]
+    lines = ["# The packages the notebooks need, pinned as in the project's pyproject.toml.",
+             "# pip install -r requirements.txt, then pip install --no-deps wheels/nanlab-*.whl (see README.md).",
+             "# torch is pinned on purpose; on a machine without an NVIDIA GPU add",
+             "#   --extra-index-url https://download.pytorch.org/whl/cpu  (the CPU build, far smaller)",
+             *project["dependencies"], *extras["torch"], *extras["tensorflow"], *notebook]
+    return "\n".join(lines) + "\n"
 
 
-def has_solution(source: str) -> bool:
-    """True when a line of ``source`` opens a solution (a marker quoted inside prose does not count)."""
-    return bool(BEGIN_LINE.search(source))
-
-
-def student_copy(notebook):
-    """A copy of ``notebook`` with solutions stubbed, exercise cells tagged, outputs cleared."""
-    copy = nbformat.from_dict(notebook)
-    for cell in copy.cells:
-        if has_solution(cell.source):
-            cell.source = strip_solutions(cell.source, CODE_STUB if cell.cell_type == "code" else MARKDOWN_STUB)
-            tags = cell.metadata.setdefault("tags", [])
-            if EXERCISE_TAG not in tags:
-                tags.append(EXERCISE_TAG)
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-            cell.metadata.pop("execution", None)
-    return copy
-
-
-def write_copies(notebooks: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
-    written = []
-    _link_repository(out)
-    for path in notebooks:
-        target = out / path.resolve().relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(student_copy(nbformat.read(path, as_version=4)), target)
-        for script in path.parent.glob("*.py"):  # helper scripts a notebook runs (e.g. the DDP child)
-            shutil.copy2(script, target.parent / script.name)
-        written.append(target)
-    return written
-
-
-def _link_repository(out: pathlib.Path) -> None:
-    """Link ``out/<name>`` to each top-level folder of the repository other than notebooks/ and build/."""
+def build_wheel(out: pathlib.Path) -> pathlib.Path:
+    """``pip wheel --no-deps`` of the package from a clean copy of the files the build reads (no stale
+    ``build/lib``, nothing of the repository's other folders); the wheel's path."""
     out.mkdir(parents=True, exist_ok=True)
-    for entry in ROOT.iterdir():
-        link = out / entry.name
-        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("notebooks", "build") \
-                and not link.exists():
-            link.symlink_to(os.path.relpath(entry, out.resolve()), target_is_directory=True)
+    with tempfile.TemporaryDirectory() as temporary:
+        source = pathlib.Path(temporary) / "nanlab"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, source / name)
+        shutil.copytree(ROOT / "nanlab", source / "nanlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--disable-pip-version-check", "--wheel-dir", str(out), str(source)], check=True)
+    wheels = sorted(out.glob("nanlab-*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"expected one nanlab wheel in {out}, found {[wheel.name for wheel in wheels]}")
+    return wheels[0]
+
+
+def wheel_problems(wheel: pathlib.Path) -> list[str]:
+    """Files of ``wheel`` that do not belong in a handout: notebooks, anything outside the package and its
+    metadata, any file with a solution or hidden-test marker."""
+    found = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            top = name.split("/", 1)[0]
+            if name.endswith(".ipynb") or not (top == "nanlab" or top.endswith(".dist-info")):
+                found.append(f"{name}: not part of the package")
+            elif SOLUTION_TEXT.search(archive.read(name).decode("utf-8", errors="replace")):
+                found.append(f"{name}: holds a solution or hidden-test marker")
+    return found
+
+
+def build_handout(notebooks: list[pathlib.Path], out: pathlib.Path = OUT, zip_path: pathlib.Path | None = ZIP,
+                  course: pathlib.Path = assignment.COURSE) -> pathlib.Path:
+    """Write the handout into ``out`` (emptied first) and, unless ``zip_path`` is None, zip it; ``out``."""
+    released = assignment.release(notebooks, course, answer_key=None)
+    if out.exists() or out.is_symlink():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, paths in released.items():
+        folder = out / assignment.handout_folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for released_file in sorted((course / "release" / name).iterdir()):
+            if released_file.is_file() and (released_file.suffix != ".ipynb" or released_file in paths):
+                shutil.copy2(released_file, folder / released_file.name)
+    for notebook in notebooks:
+        assignment.place_files_read(notebook, out / assignment.handout_folder(assignment.assignment_of(notebook)), out)
+    wheel = build_wheel(out / "wheels")
+    problems = wheel_problems(wheel)
+    if problems:
+        raise RuntimeError(f"{wheel.name} is no handout: {problems}")
+    (out / "requirements.txt").write_text(requirements())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    python = project["requires-python"].lstrip(">=~ ")
+    (out / "README.md").write_text(README.format(python=python, wheel=wheel.name))
+    if zip_path is not None:
+        write_zip(out, zip_path)
+    return out
+
+
+def write_zip(folder: pathlib.Path, zip_path: pathlib.Path) -> pathlib.Path:
+    """``folder`` as ``zip_path`` under the top folder ``nanlab-student/``: plain files only (a link would dangle
+    once unzipped elsewhere; a link in ``folder`` is an error)."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink():
+                raise RuntimeError(f"{path} is a link: a handout holds copies")
+            if path.is_file():
+                archive.write(path, f"{ZIP_FOLDER}/{path.relative_to(folder).as_posix()}")
+    return zip_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("build/student"))
-    parser.add_argument("notebooks", nargs="+", type=pathlib.Path)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--zip", type=pathlib.Path, default=ZIP)
+    parser.add_argument("--course", type=pathlib.Path, default=assignment.COURSE)
+    parser.add_argument("notebooks", nargs="*", type=pathlib.Path)
     args = parser.parse_args()
-    for target in write_copies(args.notebooks, args.out):
-        exercises = sum(EXERCISE_TAG in cell.metadata.get("tags", [])
-                        for cell in nbformat.read(target, as_version=4).cells)
-        print(f"{target}: {exercises} exercise cell{'s' if exercises != 1 else ''}")
+    notebooks = [path.resolve() for path in args.notebooks] or sorted(assignment.NOTEBOOKS_DIR.rglob("*.ipynb"))
+    out = build_handout(notebooks, args.out.resolve(), args.zip.resolve(), args.course.resolve())
+    count = sum(1 for _ in out.rglob("*.ipynb"))
+    print(f"{args.out}: {count} notebooks, {next(out.glob('wheels/*.whl')).name}, requirements.txt, README.md; "
+          f"{args.zip}")
 
 
 if __name__ == "__main__":
