@@ -17,11 +17,6 @@ from nanlab.watching.vocabulary import InputStats, OpFamily
 CAUSE = "domain-edge"
 FRAMEWORKS = ("torch", "tensorflow")
 ABOVE_ONE = float(np.nextafter(np.float32(1), np.float32(2)))  # 1.0000001: one float32 ulp above 1
-# TensorFlow's gradient of acos is written with ops (sqrt(1 - x**2), then reciprocal): at exactly +-1 the first
-# non-finite op of the backward pass is that reciprocal, and the replay does not yet trace it back to acos.
-TF_BACKWARD_NOT_TRACED = ("TensorFlow replay: a backward culprit inside acos's gradient (Reciprocal of "
-                          "sqrt(1 - x**2)) is not traced to acos, so the report reads op `reciprocal` (div) with an "
-                          "exact 0 and names division-by-zero")
 
 
 def _recipe(framework):
@@ -237,8 +232,7 @@ def _watch_broken(framework, seed):
     ("torch", 0, "backward", "acos"),        # a cosine of exactly -1: acos's backward is the first non-finite op
     ("torch", 1, "backward", "acos"),
     ("tensorflow", 1, "loss", "acos"),       # a cosine of 1.0000001: acos is NaN in the loss's forward pass
-    pytest.param("tensorflow", 0, "backward", "acos", marks=pytest.mark.xfail(reason=TF_BACKWARD_NOT_TRACED,
-                                                                               strict=True)),
+    ("tensorflow", 0, "backward", "acos"),   # exactly 1: the Reciprocal inside acos's gradient, traced to acos
 ])
 def test_the_watch_names_the_cause_of_its_broken_run(framework, seed, phase, op):
     report = _watch_broken(framework, seed)
@@ -247,12 +241,6 @@ def test_the_watch_names_the_cause_of_its_broken_run(framework, seed, phase, op)
     largest = max(entry.max_abs for entry in report.op_inputs)
     assert largest == (1.0 if phase == "backward" else ABOVE_ONE)
     assert report.step == nanlab.reproduce(CAUSE, framework, "cpu", seed=seed).first_nonfinite_step
-
-
-def test_tensorflow_backward_edge_is_at_acos_s_reciprocal_today():
-    """What the TensorFlow report says today at a cosine of exactly +-1 (see TF_BACKWARD_NOT_TRACED)."""
-    report = _watch_broken("tensorflow", 0)
-    assert (report.phase, report.op, report.op_family) == ("backward", "reciprocal", OpFamily.DIV), str(report)
 
 
 # --- a program written differently: a siamese geodesic distance over a duplicated pair -----------------------------
@@ -325,10 +313,7 @@ def _geodesic_keras(tf, keras):
     return Geodesic
 
 
-@pytest.mark.parametrize("wanted, phase", [
-    ("above", "forward"),
-    pytest.param("exactly", "backward", marks=pytest.mark.xfail(reason=TF_BACKWARD_NOT_TRACED, strict=True)),
-])
+@pytest.mark.parametrize("wanted, phase", [("above", "forward"), ("exactly", "backward")])
 def test_a_geodesic_distance_over_a_duplicated_pair_is_named_in_keras(tf, keras, wanted, phase):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

@@ -32,6 +32,8 @@ op_callbacks = private.op_callbacks()  # ImportError (PrivateAPIMoved) naming it
 
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
 FILL_OPS = {name for name, family in OP_FAMILIES.items() if family == OpFamily.FILL}
+# Forward ops a gradient passes through without computing from their inputs' values (a backward culprit is not theirs)
+PASS_THROUGH = {OpFamily.ELEMENTWISE, OpFamily.FILL, None}
 LOSS_PATH = "loss"
 LABELS_NOTE = "TensorFlow raises on such labels on CPU, and returns NaN on GPU or under XLA."
 MAX_ROW_REPLAYS = 256  # samples recomputed one at a time when the loss reduced over the batch
@@ -63,6 +65,7 @@ class BadOp:
     rows: list[int]
     occurrence: int = 0  # how many ops of this type its layer ran before it (to find it again in float32)
     producer: "ForwardOp | None" = None
+    through_gradient: bool = False  # the producer was reached through other ops of its gradient
 
 
 @dataclass
@@ -151,7 +154,7 @@ def _fill_backward(report: NonFiniteReport, step: BadStep, forward, targets, tra
             y_pred = forward(step.x)
         with _OpRecorder(None, batch, record=record, in_loss=True):
             again_loss = step.scale_loss(step.compute_loss(step.x, step.y, y_pred, step.sample_weight))
-    with _OpRecorder(None, batch, forward=record) as backward_ops:
+    with _OpRecorder(None, batch, record=ForwardRecord(), forward=record) as backward_ops:
         again.gradient(again_loss, targets)
     found = backward_ops.found
     if found is None:
@@ -160,6 +163,10 @@ def _fill_backward(report: NonFiniteReport, step: BadStep, forward, targets, tra
     if report.dtype is not None:
         report.max_abs = max((entry.max_abs for entry in found.inputs if entry.max_abs is not None), default=None)
     producer = found.producer
+    if producer is not None and found.through_gradient:
+        # a helper op of the producer's gradient (acos's Reciprocal of sqrt(1 - x**2)): the producer is the op whose
+        # derivative went non-finite, as torch's replay names it
+        report.op, report.op_family = producer.op, op_family(producer.op, OP_FAMILIES)
     if producer is not None:
         report.op_inputs = [_stats(t.numpy(), dtype_name(t.dtype)) for t in _floats(producer.inputs)]
         if producer.layer is not None:
@@ -291,6 +298,28 @@ class ForwardRecord:
             return (same or readers)[-1]
         return next((self.writers[id(t)] for t in inputs if id(t) in self.writers), None)
 
+    def through_gradient(self, inputs, backward: "ForwardRecord") -> ForwardOp | None:
+        """The forward op whose gradient computed ``inputs`` through other gradient ops (``backward``'s record): acos'
+        derivative -g / sqrt(1 - x**2) is Square, Sub, Sqrt and Reciprocal of the forward input x. Walks back through
+        the backward ops that wrote the inputs to the forward tensors they read, and returns the last forward op that
+        read one and computes something (an elementwise op, a fill or an op no family names only passes it on)."""
+        pending, seen = list(inputs or ()), set()
+        while pending:
+            tensor = pending.pop(0)
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            readers = self.readers.get(id(tensor), [])
+            if readers:
+                computing = [entry for entry in readers if OP_FAMILIES.get(entry.op) not in PASS_THROUGH]
+                if computing:
+                    return computing[-1]
+                continue
+            writer = backward.writers.get(id(tensor))
+            if writer is not None:
+                pending.extend(writer.inputs)
+        return None
+
 
 class _OpRecorder:
     """While active, watches every eager op and keeps the first that turned good inputs into NaN/Inf (``found``).
@@ -333,9 +362,13 @@ class _OpRecorder:
             first = outs[bad[0]]
             rows = _rows(first, self.batch)
             producer = self.forward.differentiated(op_type.lower(), inputs) if self.forward is not None else None
+            through = producer is None and self.forward is not None and self.record is not None
+            if through:
+                producer = self.forward.through_gradient(inputs, self.record)
             self.found = BadOp(op_type.lower(), _kind(first),
                                [_stats(a, dtype_name(t.dtype)) for a, t in zip(ins, float_inputs)],
-                               dtype_name(floats[bad[0]].dtype), layer, rows, occurrence, producer)
+                               dtype_name(floats[bad[0]].dtype), layer, rows, occurrence, producer,
+                               through_gradient=through and producer is not None)
         return None
 
 
