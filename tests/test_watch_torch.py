@@ -267,7 +267,8 @@ def test_an_update_report_names_the_optimizer_in_the_vocabulary():
     report = raised.value.report
     assert (report.phase, report.dtype, report.dtype_max) == ("optimizer update", "float32", 3.4028234663852886e38)
     assert report.optimizer == OptimizerFacts(kind="Adam", learning_rate=1e37, weight_decay=0.01, eps=1e-6,
-                                              betas=(0.8, 0.9), param_dtype="float32")
+                                              betas=(0.8, 0.9), param_dtype="float32", decoupled_weight_decay=False)
+    assert report.cause != "optimizer-hyperparameters"  # Adam's decay goes through the gradient: lr * wd is no factor
 
 
 class Float8Gain(nn.Module):

@@ -107,7 +107,11 @@ class OptimizerFacts:
 
     ``kind`` is the class name (``AdamW``, ``SGD``); ``betas`` Adam's (beta1, beta2); ``param_dtype`` the dtype of
     the parameters it updates, ``master_dtype`` that of a float32 master copy where one is kept; ``loss_scale`` the
-    loss scaler's scale at the step. None where the optimizer has no such setting.
+    loss scaler's scale at the step. ``decoupled_weight_decay`` says whether the decay is applied to the weights
+    directly (AdamW, every Keras optimizer: each weight shrinks by ``learning_rate * weight_decay`` per step) or added
+    to the gradient of an adaptive optimizer (torch's Adam, RMSprop: rescaled by its denominator, no fixed factor);
+    None where that does not matter (plain SGD, whose coupled decay is the same factor) or is unknown. None where the
+    optimizer has no such setting.
     """
 
     kind: str
@@ -119,6 +123,7 @@ class OptimizerFacts:
     param_dtype: str | None = None
     master_dtype: str | None = None
     loss_scale: float | None = None
+    decoupled_weight_decay: bool | None = None
 
     @property
     def decay_per_step(self) -> float | None:

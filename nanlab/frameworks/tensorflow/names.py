@@ -71,7 +71,8 @@ def optimizer_facts(optimizer, variables=(), loss_scale: float | None = None) ->
         weight_decay=_number(getattr(inner, "weight_decay", None)), eps=_number(getattr(inner, "epsilon", None)),
         momentum=_number(getattr(inner, "momentum", None)),
         betas=(beta_1, beta_2) if beta_1 is not None and beta_2 is not None else None,
-        param_dtype=dtype_name(variables[0].dtype) if variables else None, loss_scale=loss_scale)
+        param_dtype=dtype_name(variables[0].dtype) if variables else None, loss_scale=loss_scale,
+        decoupled_weight_decay=True if getattr(inner, "weight_decay", None) is not None else None)  # Keras decouples
 
 
 def _number(value) -> float | None:

@@ -92,6 +92,10 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+# adaptive optimizers whose weight decay is added to the gradient and then divided by their running scale
+ADAPTIVE_COUPLED_DECAY = frozenset({"RMSprop", "Adagrad", "Adadelta", "Adamax", "SparseAdam"})
+
+
 def optimizer_facts(optimizer, params=None, scaler=None, loss_scale: float | None = None) -> OptimizerFacts | None:
     """The optimizer in the shared vocabulary (its first parameter group's settings), or None without one.
 
@@ -110,8 +114,12 @@ def optimizer_facts(optimizer, params=None, scaler=None, loss_scale: float | Non
     params = list(params)
     if loss_scale is None and scaler is not None and scaler.is_enabled():
         loss_scale = float(scaler.get_scale())
+    decoupled = group.get("decoupled_weight_decay")  # Adam, AdamW, NAdam, RAdam in torch 2.13
+    if decoupled is None and type(optimizer).__name__ in ADAPTIVE_COUPLED_DECAY:
+        decoupled = False
     return OptimizerFacts(kind=type(optimizer).__name__, learning_rate=_number(group.get("lr")),
                           weight_decay=_number(group.get("weight_decay")), eps=_number(group.get("eps")),
                           momentum=_number(group.get("momentum")),
                           betas=betas if betas is not None and None not in betas else None,
-                          param_dtype=dtype_name(params[0].dtype) if params else None, loss_scale=loss_scale)
+                          param_dtype=dtype_name(params[0].dtype) if params else None, loss_scale=loss_scale,
+                          decoupled_weight_decay=decoupled)

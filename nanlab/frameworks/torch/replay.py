@@ -225,25 +225,30 @@ def _describe_overflow(bad: BadStep, report: NonFiniteReport) -> None:
 
 
 def _bad_rows_one_by_one(micro_batch: MicroBatch, bad: BadStep, output, batch: int) -> list[int]:
-    """The samples whose own loss is non-finite: recomputed one row at a time (the failing op reduced the batch)."""
+    """The samples whose own loss is non-finite: recomputed one row at a time (the failing op reduced the batch).
+
+    Best effort: a step or a loss that cannot run on one row (it closes over batch-shaped tensors, such as group ids
+    held outside the loss, or needs a whole group) names no samples; the report is complete without them."""
+    def row_loss(i: int):
+        if micro_batch.step_fn is not None:
+            return loss_of(micro_batch.step_fn(*_row(micro_batch.args, i, batch), **_row(micro_batch.kwargs, i, batch)))
+        if bad.loss_fn is not None and micro_batch.has_loss:
+            return bad.loss_fn(_row(output, i, batch), _row(micro_batch.target, i, batch),
+                               *_row(micro_batch.loss_args, i, batch), **_row(micro_batch.loss_kwargs, i, batch))
+        if bad.loss_fn is None:
+            return loss_of(bad.module(*_row(micro_batch.args, i, batch), **_row(micro_batch.kwargs, i, batch)))
+        return None
+
+    if bad.loss_fn is not None and not micro_batch.has_loss and micro_batch.step_fn is None:
+        return []
     rows = []
     with torch.no_grad(), _autocast(micro_batch.autocast):
         for i in range(min(batch, MAX_ROW_REPLAYS)):
-            if micro_batch.step_fn is not None:
-                try:
-                    row_loss = loss_of(micro_batch.step_fn(*_row(micro_batch.args, i, batch),
-                                                           **_row(micro_batch.kwargs, i, batch)))
-                except Exception:  # noqa: BLE001 - a host's step that will not run on one row: no samples then
-                    return []
-            elif bad.loss_fn is not None and micro_batch.has_loss:
-                row_loss = bad.loss_fn(_row(output, i, batch), _row(micro_batch.target, i, batch),
-                                       *_row(micro_batch.loss_args, i, batch),
-                                       **_row(micro_batch.loss_kwargs, i, batch))
-            elif bad.loss_fn is None:
-                row_loss = loss_of(bad.module(*_row(micro_batch.args, i, batch), **_row(micro_batch.kwargs, i, batch)))
-            else:
+            try:
+                loss = row_loss(i)
+            except Exception:  # noqa: BLE001 - a computation that will not run on one row: no samples, see above
                 return []
-            if row_loss is not None and not _finite(row_loss):
+            if loss is not None and not _finite(loss):
                 rows.append(i)
     return rows
 
