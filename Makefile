@@ -56,7 +56,8 @@ lab: env
 	$(BIN)/jupyter lab $(LAB_FLAGS) --ServerApp.root_dir=notebooks notebooks/00-start-here.ipynb
 
 notebooks: env
-	$(BIN)/python -m tools.execute_notebooks notebooks/00-start-here.ipynb notebooks/pytorch/*.ipynb notebooks/tensorflow/*.ipynb
+	$(BIN)/python -m tools.execute_notebooks notebooks/00-start-here.ipynb notebooks/glossary.ipynb notebooks/pytorch/*.ipynb \
+		notebooks/tensorflow/*.ipynb
 
 # student, assignment, autograde: every notebook under notebooks/ (the glossary included), graded with nbgrader
 student: env
