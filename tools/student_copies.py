@@ -48,7 +48,7 @@ README = """\
 Notebooks that reproduce, diagnose and fix NaN losses, in PyTorch and in TensorFlow/Keras. Start with
 `notebooks/00-start-here.ipynb`; your teacher tells you which framework and which notebooks.
 
-## Install (once, about 2 GB of packages)
+## Install (once)
 Python {python} or newer:
 
 ```bash
