@@ -2,6 +2,8 @@
 
 Usage: python -m tools.notebook_timings                          (print the table)
        python -m tools.notebook_timings --write docs/teaching.md (replace the table between its markers)
+       python -m tools.notebook_timings --write docs/teaching.md --only pytorch/16-degenerate-statistics ...
+                                                       (time those again; the other rows are kept as they are)
 
 Each notebook runs top to bottom in a fresh kernel on the CPU, from a temporary copy of ``notebooks/`` (with the
 ``benchmarks/`` and ``docs/`` it reads beside it; the committed files are left as they are), one at a time. Beside
@@ -14,6 +16,7 @@ import argparse
 import os
 import pathlib
 import platform
+import re
 import shutil
 import tempfile
 import textwrap
@@ -31,8 +34,9 @@ def notebooks(root: pathlib.Path) -> list[pathlib.Path]:
             *sorted((root / "tensorflow").glob("*.ipynb"))]
 
 
-def measure() -> list[tuple[str, float, float]]:
-    """(notebook path relative to notebooks/, seconds, 1-minute load average afterwards) for every notebook."""
+def measure(only: set[str] | None = None) -> list[tuple[str, float, float]]:
+    """(notebook path relative to notebooks/, seconds, 1-minute load average afterwards) for every notebook, or for
+    those named in ``only``."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for part in ("notebooks", "benchmarks", "docs"):  # notebooks read ../../benchmarks/RESULTS.md
@@ -40,10 +44,20 @@ def measure() -> list[tuple[str, float, float]]:
                             ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         copy = pathlib.Path(folder) / "notebooks"
         for path in notebooks(copy):
+            if only is not None and str(path.relative_to(copy).with_suffix("")) not in only:
+                continue
             seconds = execute(path)
             rows.append((str(path.relative_to(copy).with_suffix("")), seconds, os.getloadavg()[0]))
             print(f"{rows[-1][0]}: {seconds:.1f} s (load {rows[-1][2]:.1f})", flush=True)
     return rows
+
+
+def committed_rows(doc: pathlib.Path) -> dict[str, tuple[str, float, float]]:
+    """The rows of the table already in ``doc``, by notebook."""
+    text = doc.read_text()
+    section = text[text.index(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
+    return {name: (name, float(seconds), float(load))
+            for name, seconds, load in re.findall(r"^\| ([\w/.-]+) \| ([\d.]+) \| ([\d.]+) \|$", section, re.M)}
 
 
 def table(rows: list[tuple[str, float, float]]) -> str:
@@ -62,9 +76,22 @@ def table(rows: list[tuple[str, float, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=pathlib.Path, metavar="DOC")
+    parser.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="time these (e.g. pytorch/16-…) and keep the "
+                        "other rows of --write's table")
     args = parser.parse_args()
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the committed notebooks are CPU runs
-    text = table(measure())
+    if args.only and not args.write:
+        parser.error("--only keeps the other rows of a table: give --write DOC")
+    measured = {row[0]: row for row in measure(set(args.only) if args.only else None)}
+    if args.only:
+        kept = committed_rows(args.write)
+        order = [str(path.relative_to(ROOT / "notebooks").with_suffix("")) for path in notebooks(ROOT / "notebooks")]
+        missing = [name for name in order if name not in measured and name not in kept]
+        if missing:
+            parser.error(f"no timing for {', '.join(missing)}: add them to --only")
+        text = table([measured.get(name) or kept[name] for name in order])
+    else:
+        text = table(list(measured.values()))
     if args.write:
         replace_section(args.write, BEGIN, END, text)
     print(text)
