@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 import nanlab  # noqa: E402
+import nanlab.causes.high_learning_rate  # noqa: E402,F401  (blobs() reads its data)
 from nanlab.frameworks.tensorflow import loop as keras_loop  # noqa: E402
 from nanlab.frameworks.tensorflow.loop import keras, tf  # noqa: E402
 from nanlab.seeding import seed_everything  # noqa: E402

@@ -111,3 +111,30 @@ class WatchCore:
 
         self.report = conclude(self._with_trajectory(gather()))
         raise NonFiniteError(self.report)
+
+
+class WatchSurface:
+    """The attributes every framework's watch shares, read from its ``core`` (a ``WatchCore``): ``step``,
+    ``history``, ``report``, ``stopped`` and ``policy`` mean the same in every framework."""
+
+    core: WatchCore
+
+    @property
+    def step(self) -> int:
+        return self.core.step
+
+    @property
+    def history(self) -> WatchHistory:
+        return self.core.history
+
+    @property
+    def report(self) -> NonFiniteReport | None:
+        return self.core.report
+
+    @property
+    def stopped(self) -> bool:
+        return self.core.stopped
+
+    @property
+    def policy(self) -> WatchPolicy:
+        return self.core.policy

@@ -56,8 +56,8 @@ from nanlab.frameworks.tensorflow.names import (OP_FAMILIES, class_ids, dtype_na
                                                 variable_path)
 from nanlab.frameworks.tensorflow.records import BadStep
 from nanlab.report import NonFiniteReport, spoiled_by_update
-from nanlab.watching.core import WatchCore
-from nanlab.watching.policy import WatchHistory, WatchPolicy
+from nanlab.watching.core import WatchCore, WatchSurface
+from nanlab.watching.policy import WatchPolicy
 from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, Phase, op_family
 
 LOG = logging.getLogger("nanlab.watch")
@@ -69,7 +69,7 @@ ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.
 PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                    aggregation=tf.VariableAggregation.NONE)
 MIRRORED = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-class Watch(keras.callbacks.Callback):
+class Watch(WatchSurface, keras.callbacks.Callback):
     """``model.fit(..., callbacks=[nanlab.watch(model)])``, or, around a GradientTape loop::
 
         with nanlab.watch(model, optimizer, loss_fn) as watch:
@@ -105,27 +105,6 @@ class Watch(keras.callbacks.Callback):
         self._checked_hooks = False
         self._state_saved = False
         _refuse_steps_per_execution(self.watched)
-
-    # -- the surface every watch shares, read from the core ------------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.core.step
-
-    @property
-    def history(self) -> WatchHistory:
-        return self.core.history
-
-    @property
-    def report(self) -> NonFiniteReport | None:
-        return self.core.report
-
-    @property
-    def stopped(self) -> bool:
-        return self.core.stopped
-
-    @property
-    def policy(self) -> WatchPolicy:
-        return self.core.policy
 
     # -- what is watched -----------------------------------------------------------------------------------------
     @property

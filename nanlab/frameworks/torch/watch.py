@@ -76,8 +76,8 @@ from nanlab.frameworks.torch.names import FLOAT8, OP_FAMILIES, checkable, dtype_
 from nanlab.frameworks.torch.records import BadStep, CompiledStep, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, spoiled_by_update, is_recurrent
 from nanlab.training import Training
-from nanlab.watching import WatchHistory, WatchPolicy
-from nanlab.watching.core import LOG, WatchCore
+from nanlab.watching import WatchPolicy
+from nanlab.watching.core import LOG, WatchCore, WatchSurface
 from nanlab.watching.vocabulary import Phase, dtype_max, op_family
 
 OPTIONS = ("scaler",)
@@ -123,7 +123,7 @@ class StepStatus:
         return own or [rank for rank, row in enumerate(self.rows) if self._row_bad(row, self.has_loss)]
 
 
-class Watch:
+class Watch(WatchSurface):
     """Context manager around a PyTorch training loop; see the module docstring.
 
     ``nanlab.watch(model, optimizer, loss_fn, scaler=None, on_nonfinite="raise", max_skips=5,
@@ -184,27 +184,6 @@ class Watch:
         # A host adapter's remarks on a bad step: ``note(report, loss)`` with the step's mean loss (None when the
         # watch saw none) returns a sentence for the report's note, or None.
         self.host_notes: list[Callable[[NonFiniteReport, float | None], str | None]] = []
-
-    # -- the surface every watch shares, read from the core ------------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.core.step
-
-    @property
-    def history(self) -> WatchHistory:
-        return self.core.history
-
-    @property
-    def report(self) -> NonFiniteReport | None:
-        return self.core.report
-
-    @property
-    def stopped(self) -> bool:
-        return self.core.stopped
-
-    @property
-    def policy(self) -> WatchPolicy:
-        return self.core.policy
 
     @property
     def eager_module(self) -> nn.Module:
