@@ -54,9 +54,10 @@ from typing import Callable
 
 import keras  # already imported: nanlab.watch was given a Keras model (torch is imported where it is used)
 
+from nanlab.frameworks.torch.hosts import HostSurface
 from nanlab.errors import NanlabError, NonFiniteError
 from nanlab.report import NonFiniteReport
-from nanlab.watching import WatchHistory, WatchPolicy
+from nanlab.watching import WatchPolicy
 from nanlab.watching.vocabulary import Phase
 
 LOG = logging.getLogger("nanlab.watch")
@@ -161,7 +162,7 @@ def replay_view(model):
 
 
 # -- the watch ---------------------------------------------------------------------------------------------------
-class KerasWatch(keras.callbacks.Callback):
+class KerasWatch(HostSurface, keras.callbacks.Callback):
     """``model.fit(..., callbacks=[nanlab.watch(model)])`` for Keras 3 on the torch backend (see the module
     docstring); also ``with nanlab.watch(model): model.fit(...)``.
 
@@ -186,22 +187,6 @@ class KerasWatch(keras.callbacks.Callback):
         self._late_warned = False
 
     # -- the surface every watch shares ---------------------------------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.watch.step if self.watch is not None else 0
-
-    @property
-    def history(self) -> WatchHistory:
-        return self.watch.history if self.watch is not None else WatchHistory()
-
-    @property
-    def report(self) -> NonFiniteReport | None:
-        return self.watch.report if self.watch is not None else None
-
-    @property
-    def stopped(self) -> bool:
-        return self.watch is not None and self.watch.stopped
-
     @property
     def policy(self) -> WatchPolicy:
         return self._policy

@@ -61,10 +61,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from nanlab.frameworks.torch.hosts import HostSurface
 from nanlab.errors import NanlabError
 from nanlab.frameworks.torch.watch import Watch
 from nanlab.report import NonFiniteReport
-from nanlab.watching import WatchHistory, WatchPolicy
+from nanlab.watching import WatchPolicy
 
 INSTALL_HINT = "pip install 'nanlab[integrations]'"
 try:
@@ -81,7 +82,7 @@ OPTIONS: tuple[str, ...] = ()
 BAREBONES_LOG_WARNING = r".*self\.log\(\)` but `Trainer\(barebones=True\)`"
 
 
-class WatchCallback(pl.Callback):
+class WatchCallback(HostSurface, pl.Callback):
     """A Lightning ``Callback`` that runs ``nanlab.watch`` on the ``LightningModule`` being fitted.
 
     ``WatchCallback(on_nonfinite="raise", max_skips=5, overflow_patience=10, min_loss_scale=1.0)``: the keywords
@@ -101,22 +102,6 @@ class WatchCallback(pl.Callback):
         self._loss_factor = 1
 
     # -- the surface every watch shares ----------------------------------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.watch.step if self.watch is not None else 0
-
-    @property
-    def history(self) -> WatchHistory:
-        return self.watch.history if self.watch is not None else WatchHistory()
-
-    @property
-    def report(self) -> NonFiniteReport | None:
-        return self.watch.report if self.watch is not None else None
-
-    @property
-    def stopped(self) -> bool:
-        return self.watch is not None and self.watch.stopped
-
     # -- Lightning's events ----------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wrapped = trainer.strategy.model

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import sys
 
+from nanlab.frameworks.torch.hosts import HostSurface
 from nanlab.errors import NanlabError
 
 INSTALL_HINT = "pip install 'nanlab[integrations]'"
@@ -59,7 +60,7 @@ import torch  # noqa: E402
 from nanlab.frameworks.torch import private  # noqa: E402
 from nanlab.frameworks.torch.watch import Watch  # noqa: E402
 from nanlab.report import NonFiniteReport  # noqa: E402
-from nanlab.watching import WatchHistory, WatchPolicy  # noqa: E402
+from nanlab.watching import WatchPolicy  # noqa: E402
 
 OPTIONS: tuple[str, ...] = ()
 # The Trainer's attributes that compute a loss outside the model, called (outputs, labels, **kwargs); the first
@@ -67,7 +68,7 @@ OPTIONS: tuple[str, ...] = ()
 OUTSIDE_LOSSES = ("compute_loss_func", "label_smoother")
 
 
-class WatchCallback(transformers.TrainerCallback):
+class WatchCallback(HostSurface, transformers.TrainerCallback):
     """The watch as a ``TrainerCallback``: ``Trainer(callbacks=[WatchCallback(on_nonfinite="stop")])``, or what
     ``nanlab.watch(trainer)`` returns.
 
@@ -86,22 +87,6 @@ class WatchCallback(transformers.TrainerCallback):
         self._outside_loss: str | None = None
 
     # -- the surface every watch shares ---------------------------------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.watch.step if self.watch is not None else 0
-
-    @property
-    def history(self) -> WatchHistory:
-        return self.watch.history if self.watch is not None else WatchHistory()
-
-    @property
-    def report(self) -> NonFiniteReport | None:
-        return self.watch.report if self.watch is not None else None
-
-    @property
-    def stopped(self) -> bool:
-        return self.watch is not None and self.watch.stopped
-
     # -- the Trainer's events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None:
