@@ -105,36 +105,60 @@ def test_identical_runs_are_drawn_once_with_a_note_in_the_legend():
 
 def test_close_runs_carry_markers_at_different_steps():
     fixes = [run(fix, losses=[1.0 - 0.001 * step + shift for step in range(100)]) for fix, shift in
-             (("a", 0.0), ("b", 1e-6))]
+             (("a", 0.0), ("b", 0.02))]
     ax = plot_comparison(fixes).axes[0]
     first, second = data_lines(ax)
     assert first.get_markevery() != second.get_markevery() and first.get_marker() != second.get_marker()
 
 
-def test_the_broken_blow_up_does_not_squash_the_fixes():
+def _height(ax, value):
+    """Where ``value`` sits on the y-axis, as a share of the axis's height (0 bottom, 1 top)."""
+    return ax.transAxes.inverted().transform(ax.transData.transform((0, value)))[1]
+
+
+def test_the_broken_climb_shows_on_a_compressed_scale_above_the_fixes():
     broken = run(losses=[1.0, 1e3, 1e9, 1e26, NAN], nonfinite=4)
     fixes = [run("lower-lr", losses=[1.0, 0.5, 0.2, 0.1, 0.05]), run("clip", losses=[1.0, 0.8, 0.6, 0.5, 0.3])]
-    ax = plot_comparison([broken, *fixes]).axes[0]
-    low, high = ax.get_ylim()
-    assert high < 10 and low > 0.01, "the axis fits the fixes (0.05-1), not the broken run's 1e26"
-    figure = ax.figure
+    figure = plot_comparison([broken, *fixes])
+    ax = figure.axes[0]
+    figure.canvas.draw()
+    assert _height(ax, 1.0) - _height(ax, 0.05) > 0.5, "the fixes (0.05-1) fill half the axis, not a sliver"
+    line = next(line for line in data_lines(ax) if line.get_label().startswith("broken"))
+    assert list(line.get_ydata()) == [1.0, 1e3, 1e9, 1e26], "the climb is drawn, not clipped"
+    climb = [_height(ax, value) for value in line.get_ydata()]
+    assert all(b - a > 0.03 for a, b in zip(climb, climb[1:])) and climb[-1] <= 1.0, climb
+    assert not [line for line in ax.get_lines() if line.get_marker() == "^" and line.get_linestyle() == "None"], \
+        "no off-scale triangles"
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
-    assert any(label.startswith("broken off scale, up to 1e+26") for label in labels), "the peak is in the legend"
-    assert not ax.texts
-    edge = [line for line in ax.get_lines() if line.get_marker() == "^"]
-    assert edge and list(edge[0].get_xdata()) == [1, 2, 3], "each off-scale step is a triangle on the edge"
+    assert "grey band: log scale compressed" in labels
+    assert not ax.texts, "no note on the data"
+    shown = [label.get_text() for label in ax.get_yticklabels() if label.get_text()
+             and label.get_position()[1] > 1.6]
+    assert len(shown) >= 2, "the band's decades are labelled"
 
 
 def test_notebook_style_calls_on_one_axis_redraw_with_every_run_in_view():
     _, ax = plt.subplots()
     plot_loss(run(losses=[1.0, 1e20, NAN], nonfinite=2), ax)
-    assert ax.get_ylim()[1] > 1e20
+    assert ax.get_ylim()[1] > 1e20 and ax.get_yscale() == "log"
     plot_loss(run("fix", losses=[1.0, 0.5, 0.4]), ax)
-    assert ax.get_ylim()[1] < 10, "adding a fix refits the axis"
-    expected = ["broken: non-finite at step 2", "broken off scale, up to 1e+20", "fix"]
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == expected
-    ax.legend(loc="upper left")  # a notebook moving the legend keeps every entry, the off-scale marks' too
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == expected
+    ax.figure.canvas.draw()
+    assert _height(ax, 1.0) - _height(ax, 0.4) > 0.3, "adding a fix refits the axis to it"
+    assert 0.9 < _height(ax, 1e20) <= 1.0, "the broken run's peak is still in view"
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["broken: non-finite at step 2", "fix"] and labels[2].startswith("grey band")
+    ax.legend(loc="upper left")  # a notebook moving the legend keeps every entry, the band's too
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == labels
+
+
+def test_a_linear_axis_puts_the_broken_blow_up_on_its_edge():
+    broken = run(losses=[1.0 if step % 2 else 1e-18 for step in range(60)] + [1e26, NAN], nonfinite=61)
+    fix = run("fix", losses=[1e-18 if step % 2 else 1.0 for step in range(62)])
+    figure = plot_comparison([broken, fix])
+    ax = figure.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[1] < 10
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any(label.startswith("broken off scale, up to") for label in labels), "the peak is in the legend"
 
 
 def test_noisy_long_runs_become_running_means_on_a_linear_axis():
@@ -275,7 +299,7 @@ def test_score_bars_take_the_colours_of_the_loss_lines_and_say_where_they_are_cu
             for fix, score, shift in (("lower-lr", -42.0, 0.1), ("scale-to-unit", 0.95, 0.0))]
     loss_ax = plot_loss(runs[0])
     plot_loss(runs[1], loss_ax)
-    line_colours = {line.get_label(): line.get_color() for line in data_lines(loss_ax)}
+    line_colours = {line.get_label().split(",")[0]: line.get_color() for line in data_lines(loss_ax)}
     _, (_, score_ax) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained", width_ratios=[1.4, 1])
     plot_scores(runs, score_ax)
     bar_colours = [matplotlib.colors.to_hex(bar.get_facecolor()[:3]) for bar in score_ax.patches]
@@ -292,7 +316,7 @@ def test_score_bars_take_the_colours_of_the_loss_lines_and_say_where_they_are_cu
 def test_runs_that_agree_to_float32_rounding_are_one_curve():
     fixes = [run("a", losses=[1.0 / (1 + step) for step in range(20)]),
              run("b", losses=[(1.0 + 2.4e-7) / (1 + step) for step in range(20)]),
-             run("c", losses=[(1.0 + 1e-3) / (1 + step) for step in range(20)])]
+             run("c", losses=[(1.0 + 0.2) / (1 + step) for step in range(20)])]
     labels = [text.get_text() for legend in plot_comparison(fixes).legends for text in legend.get_texts()]
     assert labels == ["a = b (same curve)", "c"]
 
@@ -316,4 +340,89 @@ def test_a_log_axis_under_two_and_a_half_decades_is_labelled_at_both_ends():
         ticks = [label.get_position()[1] for label in ax.yaxis.get_majorticklabels()
                  if label.get_text() and low <= label.get_position()[1] <= high]
         assert len(ticks) >= 3 and math.log10(min(ticks) / low) < 0.3 and math.log10(high / max(ticks)) < 0.3, ticks
+        assert not _overlaps(ax.yaxis.get_majorticklabels())
+
+
+def _wrong_fix_style(line):
+    from nanlab.plot import WRONG_FIX_COLOUR, WRONG_FIX_LINES
+
+    return matplotlib.colors.to_hex(line.get_color()) == WRONG_FIX_COLOUR and line.get_linestyle() in WRONG_FIX_LINES
+
+
+def test_a_wrong_fix_is_drawn_as_one_because_the_catalogue_marks_it():
+    # clip-logits learns the classes (the contract checks it does), yet caps every probability: a wrong fix
+    clipped = run("clip-logits", cause="softmax-overflow", losses=[1.4, 0.6, 0.4], score=0.98, learned=True)
+    # side experiments: Adam on the regression cousin's 1e10 targets, Keras' default epsilon in float16
+    adam = run("adam", cause="huge-labels (regression)", losses=[2e20, 1.9e20, 1.9e20], score=0.01)
+    default_eps = run("keras-default-eps", cause="fp16-adam-epsilon", losses=[1.4, 30.0, 20.0], score=0.3)
+    for wrong in (clipped, adam, default_eps):
+        assert nanlab.get_cause(wrong.cause.split(" (")[0]) is not None
+        ax = plot_loss(wrong, colour="tab:green")  # a colour asked for does not make it a real fix
+        line, = data_lines(ax)
+        assert _wrong_fix_style(line) and "(wrong fix)" in line.get_label(), wrong.cause
+    real = run("subtract-max", cause="softmax-overflow", losses=[1.4, 0.3, 0.1])
+    line, = data_lines(plot_loss(real))
+    assert not _wrong_fix_style(line)
+
+
+def test_a_finite_loss_is_drawn_finite_and_the_x_sits_on_the_panel_that_went_non_finite():
+    broken = run(cause="masked-attention", losses=[1.4, 1.3, 1.2, NAN], grad_norms=[1.2, 1.0, 1.1, NAN], nonfinite=3)
+    wrong = run("nan-to-num", cause="masked-attention", losses=[1.4, 1.3, 1.25, 1.15],
+                grad_norms=[1.2, 1.0, 1.1, NAN], nonfinite=3)
+    figure = plot_comparison([broken, wrong])
+    loss_ax, norm_ax = figure.axes[:2]
+
+    def x_marks(ax):
+        return [line for line in ax.get_lines() if line.get_marker() == "X"]
+
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in x_marks(loss_ax)] == [
+        matplotlib.colors.to_hex(BROKEN_COLOUR)], "only the broken run's loss went non-finite"
+    assert len(x_marks(norm_ax)) == 2, "both runs' gradients did"
+    wrong_line = next(line for line in data_lines(loss_ax) if line.get_label().startswith("nan-to-num"))
+    assert list(wrong_line.get_xdata())[-1] == 3 and list(wrong_line.get_ydata())[-1] == 1.15, "drawn to its end"
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any(label.startswith("nan-to-num (wrong fix)") and label.endswith(
+        "gradient non-finite at step 3, loss finite") for label in labels), labels
+
+
+def test_curves_that_overlap_on_screen_are_drawn_once_with_a_note():
+    # bfloat16 against a float32 layer: the same curve to within a fraction of a percent, never bit-identical
+    fixes = [run("float32-layer", losses=[1.2 * 0.9 ** step for step in range(25)]),
+             run("bfloat16", losses=[1.2 * 0.9 ** step * (1 + 0.003 * (-1) ** step) for step in range(25)]),
+             run("rescale-input", losses=[1.3 * 0.88 ** step for step in range(25)])]
+    figure = plot_comparison(fixes)
+    assert len(data_lines(figure.axes[0])) == 2
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert labels == ["float32-layer ≈ bfloat16 (curves overlap)", "rescale-input"]
+
+
+def test_runs_of_different_kinds_do_not_merge_but_a_run_that_follows_another_is_drawn_from_where_they_part():
+    shared = [1.5, 1.0, 0.8, 0.7, 0.6]
+    broken = run(cause="dirty-data", losses=[*shared, NAN], nonfinite=5)
+    fix = run("drop-corrupt-records", cause="dirty-data", losses=[*shared, 0.5, 0.4, 0.3])
+    figure = plot_comparison([broken, fix])
+    lines = {line.get_label(): line for line in data_lines(figure.axes[0])}
+    assert len(lines) == 2
+    fix_line = next(line for label, line in lines.items() if label.startswith("drop-corrupt-records"))
+    assert list(fix_line.get_xdata()) == [4, 5, 6, 7], "drawn from the last step it shares with the broken run"
+    assert "follows broken to step 4" in fix_line.get_label()
+
+
+def test_text_is_sized_for_a_projector_and_stays_inside_the_figure():
+    broken = run(cause="softmax-overflow", losses=[1.4, 0.7, 0.3, NAN], nonfinite=3)
+    fixes = [run(fix, cause="softmax-overflow", losses=[1.4, 0.6 + shift, 0.3 + shift, 0.2], score=0.95,
+                 learned=True) for fix, shift in (("subtract-max", 0.0), ("clip-logits", 0.2))]
+    figure = plot_comparison([broken, *fixes])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    frame = figure.bbox
+    texts = [text for ax in figure.axes for text in (*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label,
+                                                     ax.yaxis.label, ax.title, *ax.texts) if text.get_text()]
+    texts += [text for legend in figure.legends for text in legend.get_texts()] + [figure._suptitle]
+    assert min(text.get_fontsize() for text in texts) >= 12
+    boxes = [ax.get_tightbbox(renderer) for ax in figure.axes] + [
+        artist.get_window_extent(renderer) for artist in (*figure.legends, figure._suptitle)]
+    for box in boxes:  # what is drawn stays inside the figure: nothing cut off at its edges
+        assert frame.x0 - 2 <= box.x0 and box.x1 <= frame.x1 + 2 and frame.y0 - 2 <= box.y0 and box.y1 <= frame.y1 + 2
+    for ax in figure.axes:
         assert not _overlaps(ax.yaxis.get_majorticklabels())

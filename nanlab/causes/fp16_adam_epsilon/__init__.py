@@ -42,6 +42,9 @@ CAUSE = Cause(
         "Micikevicius et al., 2018, 'Mixed Precision Training': a float32 master copy of the weights "
         "(https://arxiv.org/abs/1710.03740)",
     ),
+    asides=(Fix("keras-default-eps", "Keras' default epsilon 1e-7 (1.19e-7 in float16) on a float16 model: "
+                "finite, but small gradients get updates hundreds of learning rates long and it does not learn",
+                hides_problem=True),),
     package=__name__,
 )
 

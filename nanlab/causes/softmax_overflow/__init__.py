@@ -34,7 +34,7 @@ CAUSE = Cause(
         Fix("fused-loss", "the framework's cross-entropy on logits (F.cross_entropy / from_logits=True)"),
         Fix("clip-logits", "clip the logits to [-1, 1] so that exp cannot overflow: finite, and it learns the "
             "classes, but no probability can pass e / (e + 3 / e) = 0.71 (a loss floor of 0.34) and the clip "
-            "passes no gradient to the logits it caught"),
+            "passes no gradient to the logits it caught", hides_problem=True, learns_anyway=True),
     ),
     frameworks=("torch", "tensorflow"),
     steps=100,
