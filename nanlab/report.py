@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass, field
 
 from nanlab.evidence import listed
-from nanlab.watching.vocabulary import PHASES, InputStats, OpFamily, OptimizerFacts, Phase
+from nanlab.watching.vocabulary import PHASES, ActivationMax, InputStats, OpFamily, OptimizerFacts, Phase
 
 __all__ = ["PHASES", "NonFiniteReport", "gradient_growth", "is_recurrent", "spoiled_by_update"]
 RECURRENT_HINTS = ("rnn", "lstm", "gru", "recurrent", "cell")
 GROWTH_FACTOR = 100.0  # gradient norm growth over the recorded steps that counts as "exploding"
 MIN_GROWTH_STEPS = 3
+LISTED_ACTIVATIONS = 12  # modules shown by ``activations()``: those nearest their dtype's limit, in call order
 
 
 @dataclass
@@ -36,7 +37,12 @@ class NonFiniteReport:
     appeared; with gradient accumulation, ``micro_batch`` is the micro-batch of the update (from 0) that carries
     it (None when the update had one). ``grad_norms`` is the global gradient norm per healthy step, in unscaled
     units under a loss scaler, in both frameworks (``norm_name`` says so in the sentences); with ``loss_scales``
-    and ``spikes`` they are the approach to the failure (``approach()``), beside the crossing.
+    and ``spikes`` they are the approach to the failure (``approach()``), beside the crossing; ``learning_rates``
+    is the learning rate each healthy step ran with (a schedule's trajectory). ``activation_maxima`` (an
+    ``ActivationMax`` per module, in the order they first ran in the replay) give each module's largest finite
+    |output| against its dtype's limit (``activations()``). ``filled_from`` names the op that wrote a deliberate
+    fill (-inf, finfo.min: a mask) which the failing op turned into a non-finite value; ``reduced_count`` is how
+    many elements each group of the failing statistic (std, var) held (1: the unbiased estimate divides by 0).
     """
 
     framework: str
@@ -58,6 +64,10 @@ class NonFiniteReport:
     grad_norms: list[float] = field(default_factory=list)
     loss_scales: list[float] = field(default_factory=list)
     spikes: list[dict] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    activation_maxima: list[ActivationMax] = field(default_factory=list)
+    filled_from: str | None = None
+    reduced_count: int | None = None
     norm_name: str = "gradient norm"
     batch_size: int | None = None
     module_kind: str | None = None
@@ -115,22 +125,47 @@ class NonFiniteReport:
 
     def approach(self, last: int = 10) -> str:
         """The trajectory before the crossing, not only the crossing: the last ``last`` healthy steps' loss,
-        gradient norm and loss scale (one line each, oldest first), and the spikes the watch saw on the way
-        (``spike_threshold``). ``losses`` and ``grad_norms`` hold the healthy steps in order, so their last entries
-        are the steps just before this one (skipped steps have none)."""
+        gradient norm, loss scale and learning rate (one line each, oldest first), the spikes the watch saw on the
+        way (``spike_threshold``), and each module's largest activation in the replay (``activations()``).
+        ``losses`` and ``grad_norms`` hold the healthy steps in order, so their last entries are the steps just
+        before this one (skipped steps have none)."""
         count = min(last, len(self.grad_norms))
+        activations = self.activations()
         if not count:
-            return f"No healthy step was recorded before step {self.step}."
+            return "\n".join([f"No healthy step was recorded before step {self.step}."] +
+                             ([activations] if activations else []))
         lines = [f"The last {count} healthy steps before step {self.step}:"]
         losses = self.losses[-count:] if len(self.losses) >= count else [None] * count
         scales = self.loss_scales[-count:] if len(self.loss_scales) >= count else [None] * count
-        for loss, norm, scale in zip(losses, self.grad_norms[-count:], scales):
+        rates = self.learning_rates[-count:] if len(self.learning_rates) >= count else [None] * count
+        for loss, norm, scale, rate in zip(losses, self.grad_norms[-count:], scales, rates):
             parts = [f"loss {loss:.4g}" if loss is not None else None, f"{self.norm_name} {norm:.4g}",
-                     f"loss scale {scale:g}" if scale is not None else None]
+                     f"loss scale {scale:g}" if scale is not None else None,
+                     f"learning rate {rate:.3g}" if rate is not None else None]
             lines.append("  " + ", ".join(part for part in parts if part))
         for spike in self.spikes:
             lines.append(f"  spike at step {spike['step']}: {spike['signal']} {spike['value']:.3g}, "
                          f"{spike['z']:.1f} standard deviations above its running level {spike['mean']:.3g}")
+        return "\n".join(lines + ([activations] if activations else []))
+
+    def activations(self, listed_at_most: int = LISTED_ACTIVATIONS) -> str:
+        """The replay's largest finite |output| per module against its dtype's largest value, one line each (in the
+        order the modules ran; the ``listed_at_most`` nearest their limit where there are more): how close each
+        came to overflowing, as Hugging Face's ``DebugUnderflowOverflow`` shows. "" when none was recorded."""
+        if not self.activation_maxima:
+            return ""
+        def nearness(entry: ActivationMax) -> float:
+            return math.inf if entry.nonfinite else (entry.fraction or 0.0)
+        kept = sorted(self.activation_maxima, key=nearness, reverse=True)[:listed_at_most]
+        shown = [entry for entry in self.activation_maxima if entry in kept]
+        lines = [f"Largest finite |output| per module in the replay of step {self.step}, against its dtype's limit:"]
+        for entry in shown:
+            largest = f"{entry.max_abs:.3g}" if entry.max_abs is not None else "none finite"
+            share = f" ({entry.fraction:.2g} of {entry.limit:.4g})" if entry.fraction is not None else ""
+            bad = f", {entry.nonfinite} non-finite" if entry.nonfinite else ""
+            lines.append(f"  `{entry.module}` {entry.dtype}: {largest}{share}{bad}")
+        if len(shown) < len(self.activation_maxima):
+            lines.append(f"  ({len(self.activation_maxima) - len(shown)} more modules, further from their limit)")
         return "\n".join(lines)
 
     def where(self) -> str:
@@ -178,6 +213,7 @@ class NonFiniteReport:
         values["op_family"] = str(self.op_family) if self.op_family is not None else None
         values["op_inputs"] = [vars(entry).copy() for entry in self.op_inputs]
         values["optimizer"] = self.optimizer.to_dict() if self.optimizer is not None else None
+        values["activation_maxima"] = [entry.to_dict() for entry in self.activation_maxima]
         return values
 
     @classmethod
@@ -187,6 +223,8 @@ class NonFiniteReport:
         values["op_inputs"] = [InputStats.from_dict(entry) for entry in values.get("op_inputs") or []]
         if values.get("optimizer") is not None:
             values["optimizer"] = OptimizerFacts.from_dict(values["optimizer"])
+        values["activation_maxima"] = [ActivationMax.from_dict(entry)
+                                       for entry in values.get("activation_maxima") or []]
         return cls(**values)
 
 

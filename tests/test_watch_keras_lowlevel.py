@@ -85,7 +85,7 @@ def test_a_healthy_tf_module_is_unchanged_by_the_watch():
     np.testing.assert_allclose(module.w.numpy(), plain.w.numpy(), rtol=1e-6)
 
 
-def test_a_list_of_variables_is_watched_without_localisation():
+def test_a_list_of_variables_is_localised_in_its_loss_replayed_alone():
     tf.random.set_seed(0)
     w, b = tf.Variable(tf.random.normal((4, 1), seed=0)), tf.Variable(tf.zeros(1))
     optimizer = keras.optimizers.SGD(0.5)
@@ -94,7 +94,45 @@ def test_a_list_of_variables_is_watched_without_localisation():
             train(watch, [w, b], optimizer, lambda x: tf.matmul(x, w) + b)
     report = raised.value.report
     assert report.step == watch.step > 3 and "list of variables has no forward pass" in report.note
+    assert (report.phase, report.module, report.op) == ("loss", "loss", "square")
     assert np.isfinite(w.numpy()).all() and np.isfinite(b.numpy()).all()
+
+
+def test_the_readme_loop_over_a_list_of_variables_names_the_log_of_its_hand_written_loss():
+    """A forward written as a plain function, GradientTape, apply_gradients(zip(...)) and -log(p) by hand: the loss
+    replayed alone from what the step gave watch.loss_fn finds the log of an exact 0 (it was "an unlocated op")."""
+    tf.random.set_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = (rng.normal(size=(4 * BATCH, 5)) * 4).astype(np.float32), rng.integers(0, 3, 4 * BATCH)
+    w, b = tf.Variable(tf.random.normal((5, 3), seed=0)), tf.Variable(tf.zeros(3))
+    variables = [w, b]
+
+    def forward(x):
+        return tf.nn.softmax(tf.matmul(x, w) + b)
+
+    def negative_log_likelihood(y, p):
+        return tf.reduce_mean(-tf.math.log(tf.gather(p, y, batch_dims=1)))
+
+    optimizer = keras.optimizers.SGD(5.0)
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        with nanlab.watch(variables, optimizer, negative_log_likelihood) as watch:
+            @tf.function
+            def train_step(x, y):
+                with tf.GradientTape() as tape:
+                    loss = watch.loss_fn(y, forward(x))
+                optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+            for step in range(20):
+                batch = tf.constant(x[step % 4 * BATCH:(step % 4 + 1) * BATCH]), \
+                    tf.constant(y[step % 4 * BATCH:(step % 4 + 1) * BATCH])
+                with watch.checked_step(*batch):
+                    train_step(*batch)
+    report = raised.value.report
+    assert (report.phase, report.module, report.op, report.value) == ("loss", "loss", "log", "-inf")
+    assert report.op_inputs[0].zeros == len(report.samples) > 0 and report.step == watch.step
+    picked = forward(batch[0]).numpy()[np.arange(BATCH), batch[1].numpy()]
+    assert report.samples == np.flatnonzero(picked == 0).tolist()
+    assert report.cause == "log-of-zero", str(report)
 
 
 def test_a_gradient_tape_loop_needs_the_optimizer():

@@ -39,10 +39,14 @@ class WatchCore:
         threshold = self.policy.spike_threshold
         self._spikes = SpikeDetector(threshold) if threshold is not None else None
 
-    def healthy(self, loss: float | None, grad_norm: float, loss_scale: float | None = None) -> None:
-        """A finite step: record it (``loss`` None when the watch saw no loss) and go on to the next."""
+    def healthy(self, loss: float | None, grad_norm: float, loss_scale: float | None = None,
+                learning_rate: float | None = None) -> None:
+        """A finite step: record it (``loss`` None when the watch saw no loss, ``learning_rate`` None when it read
+        no optimizer) and go on to the next."""
         if loss is not None:
             self.history.losses.append(loss)
+        if learning_rate is not None:
+            self.history.learning_rates.append(learning_rate)
         self.history.grad_norms.append(grad_norm)
         if loss_scale is not None:
             self.history.loss_scales.append(loss_scale)
@@ -54,8 +58,10 @@ class WatchCore:
         self.step += 1
 
     def _with_trajectory(self, report: NonFiniteReport) -> NonFiniteReport:
-        """The approach to the failure beside the crossing: the loss scales and spikes recorded before it."""
+        """The approach to the failure beside the crossing: the loss scales, learning rates and spikes recorded
+        before it."""
         report.loss_scales = list(self.history.loss_scales)
+        report.learning_rates = list(self.history.learning_rates)
         report.spikes = [spike.to_dict() for spike in self.history.spikes]
         return report
 

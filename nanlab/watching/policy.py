@@ -21,12 +21,15 @@ class WatchHistory:
     ``losses`` and ``grad_norms`` hold the healthy steps' values. ``skipped_steps`` are the steps whose update did
     not happen: the loss scaler skipped an overflowing fp16 step (expected now and then), or ``on_nonfinite="skip"``
     dropped it. ``loss_scales`` is the loss scale after each step (empty without mixed precision).
+    ``learning_rates`` is the learning rate each healthy step ran with (its schedule's value at that step; the first
+    parameter group's in torch), read where the watch reads the optimizer anyway: a schedule's trajectory.
     """
 
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
     loss_scales: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
     spikes: list = field(default_factory=list)  # nanlab.watching.spikes.Spike, with spike_threshold set
 
     def skipped_in_a_row(self, step: int) -> int:

@@ -102,6 +102,45 @@ class InputStats:
 
 
 @dataclass
+class ActivationMax:
+    """One module's (layer's) outputs in the replay of the bad step: how close they came to their dtype's limit.
+
+    ``max_abs`` is the largest finite |value| the module output (over every call in the step; None when none was
+    finite), ``nonfinite`` how many of its output values were not finite, ``dtype`` the outputs' canonical dtype.
+    The approach to an overflow, not only the crossing: a module at 1e4 in float16 is 15% of the way to 65504.
+    """
+
+    module: str
+    dtype: str
+    max_abs: float | None = None
+    nonfinite: int = 0
+
+    @property
+    def limit(self) -> float | None:
+        """The largest finite value of the outputs' dtype (None for a dtype outside ``DTYPE_MAX``)."""
+        return dtype_max(self.dtype)
+
+    @property
+    def fraction(self) -> float | None:
+        """``max_abs`` as a fraction of the dtype's limit (None where either is unknown)."""
+        limit = self.limit
+        return self.max_abs / limit if self.max_abs is not None and limit else None
+
+    def merged(self, other: "ActivationMax") -> "ActivationMax":
+        """This module's record and another call's: the larger maximum, the larger count."""
+        largest = [value for value in (self.max_abs, other.max_abs) if value is not None]
+        return ActivationMax(self.module, self.dtype, max(largest) if largest else None,
+                             max(self.nonfinite, other.nonfinite))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ActivationMax":
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+@dataclass
 class OptimizerFacts:
     """The optimizer of the failing step, in one vocabulary (each framework maps its own names onto these fields).
 

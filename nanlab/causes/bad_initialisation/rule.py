@@ -26,6 +26,8 @@ def diagnose(report) -> Verdict | None:
         return None
     if report.input_max_abs is not None and report.input_max_abs > UNNORMALISED_SCALE:
         return None
+    if report.filled_from is not None:  # the huge values are a mask's fill (finfo.min), not the signal
+        return None
     inputs = _inputs_at_unit_scale(report)
     first_loss = report.losses[0] if report.losses else None
     if first_loss is not None and abs(first_loss) >= HUGE_SCALE:

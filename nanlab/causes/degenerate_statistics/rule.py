@@ -1,11 +1,12 @@
 """Degenerate statistics: a spread computed over one element, or a mean over none.
 
 Three shapes of the same evidence, each in the forward pass (or the loss):
-- a std/var (the statistic family) went NaN from finite inputs over a batch of one sample, or over an input that
-  holds one element or none: Bessel's correction divides by n - 1 = 0. A std or variance of finite inputs that
-  are not near the dtype's limit is NaN only when the reduction has no degrees of freedom left, so the same op
-  without that size evidence (an axis of length 1 other than the batch's: the vocabulary records each input's
-  total size, not the reduced axis's length) is named at the lower, located level;
+- a std/var (the statistic family) went NaN from finite inputs over groups of one element (the replay's
+  ``reduced_count``: how many elements each output reduced, e.g. a per-channel std over a group of one, a std over
+  an axis of length 1), over a batch of one sample, or over an input that holds one element or none: Bessel's
+  correction divides by n - 1 = 0. A std or variance of finite inputs that are not near the dtype's limit is NaN
+  only when the reduction has no degrees of freedom left, so the same op without that size evidence (a replay that
+  could not count the reduced elements) is named at the lower, located level;
 - a mean (the reduce family) went NaN over an empty input: 0 / 0, the mean of an empty selection;
 - a division 0 / 0, every element of every input an exact 0, over a batch of one sample: an unbiased variance
   written by hand, the sum of squared deviations from the mean of one element (0) over n - 1 = 0. A bare
@@ -28,13 +29,17 @@ def diagnose(report) -> Verdict | None:
     if report.phase not in FORWARD or report.value != "nan":
         return None
     if report.op_family in STATISTIC_FAMILIES and _finite_inputs(report) and not _overflow(report):
-        if report.batch_size == 1 or _any_input_of_at_most_one_element(report):
-            where, remedy = (("a batch of one sample", "drop the incomplete last batch")
-                             if report.batch_size == 1 else ("an input of one element", "skip groups of one"))
+        groups_of_one = report.reduced_count is not None and report.reduced_count <= 1
+        if groups_of_one or report.batch_size == 1 or _any_input_of_at_most_one_element(report):
+            where, remedy = (
+                (f"groups of {report.reduced_count} element (the reduced axis or group holds "
+                 f"{report.reduced_count})", "reduce over more elements per group") if groups_of_one else
+                ("a batch of one sample", "drop the incomplete last batch") if report.batch_size == 1 else
+                ("an input of one element", "skip groups of one"))
             return Verdict(CAUSE.id, DIRECT + SPECIFIC, f"`{report.op}` (an unbiased std or variance) was taken over "
                            f"{where}: Bessel's correction divides by n - 1 = 0, so it is 0 / 0 = NaN with no zero in "
                            f"the data (use the population statistic, correction=0, or {remedy})",
-                           ("op_family", "phase", "value", "batch_size", "op_inputs"))
+                           ("op_family", "phase", "value", "batch_size", "reduced_count", "op_inputs"))
         return Verdict(CAUSE.id, LOCATED, f"`{report.op}` (a std or variance) turned finite inputs into NaN, which it "
                        "does only when the reduced axis holds no more elements than its correction (one, for the "
                        "unbiased default): a group or an axis of one", ("op_family", "phase", "value", "op_inputs"))

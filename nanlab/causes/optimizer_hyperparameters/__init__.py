@@ -18,9 +18,8 @@ Gradient clipping does not help the first: the decay term ``lr * wd * w`` is app
 through the gradient that clipping scales. The fixes are sane values: a weight decay of 1e-2, momentum 0.9, a
 schedule that warms up and then decays.
 
-The schedule variant is not named by the rule from the report a watch gives today: the report records the
-learning rate of the failing step only, not its trajectory (``rule.py`` reads ``learning_rates`` when a watch
-records them); its NaN is named ``high-learning-rate`` from the gradient norm's growth.
+The schedule variant is named from the learning rate of every healthy step, which the watch records
+(``report.learning_rates``), with ``high-learning-rate`` (the gradient norm's growth) as the runner-up.
 """
 from nanlab.data import Dataset, make_blobs
 from nanlab.registry import Cause, Fix

@@ -22,10 +22,12 @@ These are direct evidence, read from the optimizer itself, so they rank above ``
 norm's growth, a trend that any divergence shows) and above the op where the overflow finally landed. The phase
 ``data`` is left out: no optimizer setting makes a batch bad.
 
-A schedule whose rate keeps growing shows only in the trajectory of the learning rate. A watch's report gives the
-rate of the failing step (``OptimizerFacts.learning_rate``), not its history; where a report carries the rates of
-the steps before the NaN as ``learning_rates``, a rate that only grew, by ``GROWING_RATE`` times or more, is named
-too, above the gradient norm's trend.
+A schedule whose rate keeps growing shows only in the trajectory of the learning rate: every watch records the rate
+of each healthy step (``WatchHistory.learning_rates``: torch's first parameter group's ``lr``, a Keras optimizer's
+``learning_rate`` with its schedule applied) and the report carries them as ``learning_rates``. A rate that only
+grew, by ``GROWING_RATE`` times or more, and was still growing at the NaN is named, above the gradient norm's trend
+(which it names as the runner-up); a rate that came down at some point (a warmup that ended in a decay, a cycle) or
+had reached its plateau is not: the rate the run held is then high-learning-rate's evidence.
 """
 import math
 
@@ -98,12 +100,15 @@ def _betas(facts) -> Verdict | None:
 
 
 def _schedule(report) -> Verdict | None:
-    rates = [rate for rate in getattr(report, "learning_rates", None) or [] if rate is not None and math.isfinite(rate)]
+    rates = [rate for rate in report.learning_rates if rate is not None and math.isfinite(rate)]
     if len(rates) < MIN_RATES or rates[0] <= 0 or rates[-1] < GROWING_RATE * rates[0]:
         return None
     if any(later < earlier for earlier, later in zip(rates, rates[1:])):
         return None  # a warmup that ended, a cycle: the rate came down at some point
+    if rates[-1] <= rates[-2]:
+        return None  # a warmup that reached its plateau: the rate the run held failed, not a rate still growing
     return Verdict(CAUSE.id, GROWING_SCHEDULE, f"the learning rate grew {rates[-1] / rates[0]:.3g}x over the "
-                   f"{len(rates)} steps before the NaN ({rates[0]:.3g} -> {rates[-1]:.3g}) and never came down: a "
-                   "schedule whose rate keeps growing (a warmup with no end) passes every stable rate",
+                   f"{len(rates)} steps before the NaN ({rates[0]:.3g} -> {rates[-1]:.3g}), never came down and was "
+                   "still growing: the schedule raised it past every rate this model can take (a warmup with no "
+                   "end, or to too high a peak); end the warmup at a rate that trains, then decay",
                    ("learning_rates", "phase"))

@@ -18,7 +18,8 @@ class BadStep:
     loss the step computed (None when the watch saw none); ``scale_loss`` multiplies it by the loss scale the step
     used (the identity without a loss scaler); ``apply(gradients, variables)`` is the optimizer's own update (not
     the watched one). ``sparse_loss`` says whether the loss reads floating targets as class ids; ``overflow`` that
-    the loss scaler skipped this step and its skipping persisted.
+    the loss scaler skipped this step and its skipping persisted. ``loss_inputs`` are the targets and predictions
+    the step gave ``watch.loss_fn`` when the watch has no forward pass to replay (a list of variables), else None.
     """
 
     model: object
@@ -33,3 +34,4 @@ class BadStep:
     optimizer_name: str
     sparse_loss: bool = False
     overflow: bool = False
+    loss_inputs: tuple | None = None

@@ -13,10 +13,17 @@ optimizer scaled it: the batch is checked for non-finite values and out-of-range
 layer by layer with every op watched, the loss, the gradients, and finally the optimizer's update. A backward
 culprit (a gradient op that turned finite values non-finite) is traced to the forward op whose gradient it computes:
 its layer is the report's module, its inputs the report's ``op_inputs``.
+
+A deliberate fill (``tf.where``/``SelectV2`` writing -inf or finfo.min: a mask) is no culprit, and is followed
+(``FillTrail``), as in the PyTorch replay: a reduction (``Max``, ``MaxPool``) whose output is non-finite from a fill
+reduced a group that was all fill, and is blamed when a later op turns that value into NaN; the report names the
+fill's op (``filled_from``). Each layer's largest finite |output| is kept (``activation_maxima``). A list of
+variables has no forward pass to replay: there the loss alone runs again, from the predictions and targets the
+watch kept when the step called ``watch.loss_fn``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +33,8 @@ from nanlab.frameworks.tensorflow.backend import keras, tf
 from nanlab.frameworks.tensorflow.names import OP_FAMILIES, class_ids, dtype_name, layer_path, variable_path
 from nanlab.frameworks.tensorflow.records import BadStep
 from nanlab.report import NonFiniteReport, is_recurrent
-from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, InputStats, OpFamily, Phase, op_family
+from nanlab.watching.vocabulary import (DTYPE_MAX, HALF_PRECISION, ActivationMax, InputStats, OpFamily, Phase,
+                                        op_family)
 
 op_callbacks = private.op_callbacks()  # ImportError (PrivateAPIMoved) naming it when TensorFlow moved it
 
@@ -66,6 +74,8 @@ class BadOp:
     occurrence: int = 0  # how many ops of this type its layer ran before it (to find it again in float32)
     producer: "ForwardOp | None" = None
     through_gradient: bool = False  # the producer was reached through other ops of its gradient
+    in_loss: bool = False
+    filled_from: str | None = None  # the op that wrote the fill this op turned non-finite (``FillTrail``)
 
 
 @dataclass
@@ -94,6 +104,9 @@ def _replay(step: BadStep, report: NonFiniteReport) -> None:
         report.data_findings = [f"non-finite values in samples {listed(bad_rows)}"]
         return
     if step.forward is None:
+        if step.loss_inputs is not None and step.compute_loss is not None:
+            _replay_loss_alone(step, report, batch)
+            return
         report.note = "Watch a keras.Model or a callable tf.Module to localise the op (a list of variables has no " \
                       "forward pass to replay)."
         return
@@ -102,10 +115,11 @@ def _replay(step: BadStep, report: NonFiniteReport) -> None:
     if moved:
         report.note = moved
     tracer = _LayerTracer(layers, batch)
+    fills = FillTrail(step.model)
     forward, targets = _forward_and_targets(step)
     with tf.GradientTape() as tape:
         tape.watch([t for t in targets if isinstance(t, tf.Tensor)])  # values under tf.distribute
-        with tracer, _OpRecorder(tracer, batch) as forward_ops:
+        with tracer, _OpRecorder(tracer, batch, fills=fills) as forward_ops:
             y_pred = forward(x)
         problem = _label_problem(y, y_pred, step.sparse_loss)
         if problem is not None:
@@ -114,12 +128,18 @@ def _replay(step: BadStep, report: NonFiniteReport) -> None:
             return
         loss = None
         if step.compute_loss is not None and y is not None:
-            with _OpRecorder(None, batch) as loss_ops:
+            with _OpRecorder(None, batch, in_loss=True, fills=fills) as loss_ops:
                 loss = step.compute_loss(x, y, y_pred, step.sample_weight)
             scaled_loss = step.scale_loss(loss)
 
-    if forward_ops.found is not None or tracer.culprit is not None:
-        _fill_forward(report, step.model, forward_ops.found, tracer)
+    report.activation_maxima = tracer.activation_maxima(step.model)
+    found = forward_ops.found
+    if found is None and tracer.culprit is None and loss is not None and not _finite(loss):
+        # a fill made a value in the forward pass (an all-masked maximum) and turned NaN in the loss, or reached it
+        late = loss_ops.found
+        found = fills.escaped_into(loss) if late is None else late if not late.in_loss else None
+    if found is not None or tracer.culprit is not None:
+        _fill_forward(report, step.model, found, tracer)
     elif loss is not None and not _finite(loss):
         report.phase, report.module = Phase.LOSS, LOSS_PATH
         if loss_ops.found is not None:
@@ -197,6 +217,9 @@ def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "
     report.phase = Phase.FORWARD
     layer = found.layer if found is not None and found.layer is not None else (
         tracer.culprit[0] if tracer.culprit is not None else None)
+    if found is not None and found.filled_from is not None:
+        # where the fill was reduced or turned NaN (None: the model's own call), not the layer whose output showed it
+        layer = found.layer
     report.module = layer_path(layer, model) if layer is not None else getattr(model, "name", None)
     if found is not None:
         _fill_op(report, found)
@@ -212,8 +235,44 @@ def _fill_forward(report: NonFiniteReport, model, found: BadOp | None, tracer: "
             report.max_abs = _magnitude_in_float32(layer, *tracer.culprit[1:3], found)
 
 
+def _replay_loss_alone(step: BadStep, report: NonFiniteReport, batch: int) -> None:
+    """A list of variables has no forward pass: replay the loss from the targets and predictions the step gave
+    ``watch.loss_fn``, op by op, then its gradient with respect to the predictions."""
+    y_true, y_pred = step.loss_inputs
+    problem = _label_problem(y_true, y_pred, step.sparse_loss)
+    if problem is not None:
+        report.phase, report.label_problem, report.samples = Phase.DATA, problem[0], problem[1]
+        report.data_findings, report.note = [problem[0]], LABELS_NOTE
+        return
+    report.note = "The loss was replayed alone, from the predictions the step gave watch.loss_fn (a list of " \
+                  "variables has no forward pass to replay)."
+    record = ForwardRecord()
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        with _OpRecorder(None, batch, record=record, in_loss=True) as loss_ops:
+            loss = step.compute_loss(None, y_true, y_pred, None)
+    if not _finite(loss):
+        report.phase, report.module = Phase.LOSS, LOSS_PATH
+        if loss_ops.found is not None:
+            _fill_op(report, loss_ops.found)
+        report.samples = [i for i in range(min(batch, MAX_ROW_REPLAYS)) if not _finite(step.compute_loss(
+            None, _row(y_true, i, batch), _row(y_pred, i, batch), None))]
+        return
+    with _OpRecorder(None, batch, record=ForwardRecord(), forward=record) as backward_ops:
+        tape.gradient(loss, y_pred)
+    found = backward_ops.found
+    if found is not None:
+        report.phase, report.module = Phase.BACKWARD, LOSS_PATH
+        _fill_op(report, found)
+        if found.producer is not None:
+            report.op, report.op_family = found.producer.op, op_family(found.producer.op, OP_FAMILIES)
+            report.op_inputs = [_stats(t.numpy(), dtype_name(t.dtype)) for t in _floats(found.producer.inputs)]
+        report.samples = found.rows
+
+
 def _fill_op(report: NonFiniteReport, found: BadOp) -> None:
     report.op, report.value, report.op_inputs = found.op, found.value, found.inputs
+    report.filled_from = found.filled_from
     report.op_family = op_family(found.op, OP_FAMILIES)
     if found.dtype in HALF_PRECISION:
         report.dtype, report.dtype_max = found.dtype, DTYPE_MAX[found.dtype]
@@ -237,6 +296,7 @@ class _LayerTracer:
         self.stack: list = []
         self.checking = False
         self.culprit = None
+        self.maxima: dict[int, tuple[object, ActivationMax]] = {}  # id(layer) -> (layer, its outputs' maximum)
 
     def __enter__(self):
         for layer in self.layers:
@@ -254,6 +314,7 @@ class _LayerTracer:
                 output = call(*args, **kwargs)
             finally:
                 self.stack.pop()
+            self._measure(layer, output)
             if self.culprit is None:
                 self.checking = True  # the checks below are TensorFlow ops: the op recorder ignores them
                 outputs = _floats(tf.nest.flatten(output))
@@ -264,6 +325,58 @@ class _LayerTracer:
                 self.checking = False
             return output
         return traced
+
+
+    def _measure(self, layer, output) -> None:
+        """Keep the layer's largest finite |output| (NumPy only: no op for the recorder to see)."""
+        for tensor in _floats(tf.nest.flatten(output)):
+            values = np.asarray(tensor.numpy(), dtype=np.float64)
+            if not values.size:
+                continue
+            finite = np.isfinite(values)
+            entry = ActivationMax("", dtype_name(tensor.dtype),
+                                  float(np.abs(values[finite]).max()) if finite.any() else None,
+                                  int(values.size - finite.sum()))
+            known = self.maxima.get(id(layer))
+            self.maxima[id(layer)] = (layer, known[1].merged(entry) if known else entry)
+
+    def activation_maxima(self, model) -> list[ActivationMax]:
+        """Each layer's largest finite |output| in the replay, named by its path, in the order the layers returned."""
+        return [replace(entry, module=layer_path(layer, model)) for layer, entry in self.maxima.values()]
+
+
+class FillTrail:
+    """The tensors of one replay that carry a deliberate fill (a mask's -inf or finfo.min), shared by the recorders
+    of the forward pass and the loss: for each, the op that wrote the fill (``"from"``) and the reduction that made
+    a whole group of it a value (``"escape"``, a ``BadOp``, or None). The tensors are held, so no id is reused."""
+
+    def __init__(self, model):
+        self.model = model
+        self.carriers: dict[int, dict] = {}
+        self._held: list = []
+
+    def carried(self, tensors) -> dict | None:
+        """Of the fills ``tensors`` carry, one a reduction already made a value (x - max: the max's), else the
+        first; None when they carry none."""
+        carried = [self.carriers[id(t)] for t in tensors or () if id(t) in self.carriers]
+        return next((entry for entry in carried if entry["escape"] is not None), carried[0] if carried else None)
+
+    def mark(self, tensors, carried: dict) -> None:
+        for tensor in tensors:
+            self.carriers[id(tensor)] = carried
+            self._held.append(tensor)
+
+    def written_by(self, layer, op: str, in_loss: bool) -> str:
+        where = LOSS_PATH if in_loss else layer_path(layer, self.model) if layer is not None else getattr(
+            self.model, "name", "model")
+        return f"`{where}` / op `{op}`"
+
+    def escaped_into(self, loss) -> BadOp | None:
+        """The reduction that made a fill a value which reached the non-finite loss without turning NaN on the way."""
+        carried = self.carried([loss])
+        if carried is None or carried["escape"] is None:
+            return None
+        return replace(carried["escape"], filled_from=carried["from"])
 
 
 class ForwardRecord:
@@ -330,8 +443,8 @@ class _OpRecorder:
     """
 
     def __init__(self, tracer: _LayerTracer | None, batch: int, record: "ForwardRecord | None" = None,
-                 in_loss: bool = False, forward: "ForwardRecord | None" = None):
-        self.tracer, self.batch = tracer, batch
+                 in_loss: bool = False, forward: "ForwardRecord | None" = None, fills: FillTrail | None = None):
+        self.tracer, self.batch, self.fills = tracer, batch, fills
         self.found: BadOp | None = None
         self.counts: dict[tuple[int, str], int] = {}
         self.record, self.in_loss, self.forward = record, in_loss, forward
@@ -349,26 +462,43 @@ class _OpRecorder:
         layer = self.tracer.stack[-1] if self.tracer and self.tracer.stack else None
         if self.record is not None:
             self.record.add(ForwardOp(op_type.lower(), layer, list(inputs or ()), self.in_loss), outputs)
-        if self.found is not None or op_type.lower() in FILL_OPS:
+        if self.found is not None:
+            return None
+        op = op_type.lower()
+        carried = self.fills.carried(inputs) if self.fills is not None else None
+        floats = [t for t in outputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
+        outs = [t.numpy() for t in floats]
+        if op in FILL_OPS:
+            if self.fills is not None and _holds_fill(outs):
+                self.fills.mark(floats, {"from": self.fills.written_by(layer, op, self.in_loss),
+                                         "escape": carried and carried["escape"]})
             return None
         occurrence = self.counts.get((id(layer), op_type), 0)
         self.counts[id(layer), op_type] = occurrence + 1
-        floats = [t for t in outputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
-        outs = [t.numpy() for t in floats]
         bad = [i for i, a in enumerate(outs) if not np.isfinite(a).all()]
         float_inputs = [t for t in inputs or () if hasattr(t, "numpy") and t.dtype.is_floating]
         ins = [t.numpy() for t in float_inputs]
         if bad and _turned_bad([outs[i] for i in bad], ins):
             first = outs[bad[0]]
             rows = _rows(first, self.batch)
-            producer = self.forward.differentiated(op_type.lower(), inputs) if self.forward is not None else None
+            producer = self.forward.differentiated(op, inputs) if self.forward is not None else None
             through = producer is None and self.forward is not None and self.record is not None
             if through:
                 producer = self.forward.through_gradient(inputs, self.record)
-            self.found = BadOp(op_type.lower(), _kind(first),
+            found = BadOp(op, _kind(first), [_stats(a, dtype_name(t.dtype)) for a, t in zip(ins, float_inputs)],
+                          dtype_name(floats[bad[0]].dtype), layer, rows, occurrence, producer,
+                          through_gradient=through and producer is not None, in_loss=self.in_loss)
+            if carried is not None:  # a fill turned into NaN here, or in the reduction that made it a value
+                found = replace(carried["escape"] or found, filled_from=carried["from"])
+            self.found = found
+        elif carried is not None and _holds_fill(outs):
+            escape = carried["escape"]
+            if escape is None and bad and OP_FAMILIES.get(op) == OpFamily.REDUCE:  # a group that was all fill
+                escape = BadOp(op, _kind(outs[bad[0]]),
                                [_stats(a, dtype_name(t.dtype)) for a, t in zip(ins, float_inputs)],
-                               dtype_name(floats[bad[0]].dtype), layer, rows, occurrence, producer,
-                               through_gradient=through and producer is not None)
+                               dtype_name(floats[bad[0]].dtype), layer, _rows(outs[bad[0]], self.batch), occurrence,
+                               in_loss=self.in_loss)
+            self.fills.mark(floats, {"from": carried["from"], "escape": escape})
         return None
 
 
@@ -441,6 +571,17 @@ def _turned_bad(outputs: list[np.ndarray], inputs: list[np.ndarray]) -> bool:
     if any(np.isnan(a).any() for a in outputs):
         return not any(np.isnan(a).any() for a in inputs)
     return all(np.isfinite(a).all() for a in inputs)
+
+
+def _holds_fill(arrays: list[np.ndarray]) -> bool:
+    """Some value is infinite or as large as its dtype allows (a finfo.min fill): a mask's fill value."""
+    for array in arrays:
+        if not array.size or array.dtype.kind != "f":
+            continue
+        finite = array[np.isfinite(array)]
+        if np.isinf(array).any() or (finite.size and np.abs(finite).max() >= np.finfo(array.dtype).max / 2):
+            return True
+    return False
 
 
 def _kind(array: np.ndarray) -> str:

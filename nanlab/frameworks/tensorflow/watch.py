@@ -4,8 +4,10 @@ GradientTape loops (a ``keras.Model``, a ``tf.Module`` or a list of ``tf.Variabl
 While training is healthy the watch works inside the step itself, with no host traffic. It fills one float64 status
 vector (``STATUS``): the step's loss, the norm of the gradients the optimizer was given (in the loss's own units:
 divided by the loss scale under a ``LossScaleOptimizer``), the number of out-of-range class labels, the loss scale
-the step used and the one after it. It reads that vector once per step (one host synchronisation); nothing runs per
-layer.
+the step used and the one after it, and the learning rate the update takes (a schedule's value at that step). It
+reads that vector once per step (one host synchronisation); nothing runs per layer. A list of variables has no
+forward pass to replay, so there ``watch.loss_fn`` also keeps the targets and predictions it was given (one
+assignment each per step) for the replay to run the loss alone.
 
 The check decides before the update, as the PyTorch watch does: the watched ``optimizer.apply`` measures the
 gradients and applies the update only when the loss, the gradients and the labels are fine (under a loss scaler,
@@ -62,8 +64,8 @@ from nanlab.watching.vocabulary import DTYPE_MAX, HALF_PRECISION, Phase, op_fami
 
 LOG = logging.getLogger("nanlab.watch")
 OPTIONS: tuple[str, ...] = ()
-STATUS = ("loss", "gradient norm", "bad labels", "loss scale after", "loss scale used", "losses seen")
-LOSS, GRAD_NORM, BAD_LABELS, SCALE_AFTER, SCALE, LOSSES_SEEN = range(len(STATUS))
+STATUS = ("loss", "gradient norm", "bad labels", "loss scale after", "loss scale used", "losses seen", "learning rate")
+LOSS, GRAD_NORM, BAD_LABELS, SCALE_AFTER, SCALE, LOSSES_SEEN, LEARNING_RATE = range(len(STATUS))
 ACCUMULATING = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                     aggregation=tf.VariableAggregation.SUM)  # per replica under tf.distribute; read as their sum
 PER_REPLICA = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
@@ -98,6 +100,7 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         self._fitting = False
         self._batch = None
         self._user_batches = None
+        self._loss_inputs = None  # variables holding what the step gave loss_fn, for a list of variables' replay
         self._open = False
         self._original_apply = None
         self._ran: set[str] = set()  # which shadowed methods ran (set while tracing): see private.HOOKS
@@ -171,8 +174,8 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         with self._strategy.scope():
             self._state = self._forward_state()
             self._state_copies = [tf.Variable(tf.zeros(v.shape, v.dtype), **MIRRORED) for v in self._state]
-            self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm, self._step_scale = (
-                tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING) for _ in range(5))
+            self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm, self._step_scale, \
+                self._step_rate = (tf.Variable(tf.zeros((), tf.float64), **ACCUMULATING) for _ in range(6))
             self._status = tf.Variable(tf.zeros(len(STATUS), tf.float64), **ACCUMULATING)
         self._batch_vars = None
         # Fresh functions per watch (not tf.function of the methods, which TensorFlow counts as one function
@@ -186,7 +189,7 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         for copy, variable in zip(self._state_copies, self._state):
             copy.assign(_read(variable))
         for accumulator in (self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm,
-                            self._step_scale):
+                            self._step_scale, self._step_rate):
             accumulator.assign(tf.zeros((), tf.float64))
 
     def _publish_status(self) -> None:
@@ -196,7 +199,8 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         after = tf.cast(scaler.dynamic_scale, tf.float64) if scaler is not None else tf.zeros((), tf.float64)
         self._status.assign(tf.stack([self._step_loss.read_value(), self._step_norm.read_value() / replicas,
                                       self._step_bad_labels.read_value(), after / replicas,
-                                      self._step_scale.read_value() / replicas, self._step_losses_seen.read_value()]))
+                                      self._step_scale.read_value() / replicas, self._step_losses_seen.read_value(),
+                                      self._step_rate.read_value() / replicas]))
 
     def _record_loss(self, loss) -> None:
         self._step_loss.assign_add(tf.cast(tf.reduce_sum(loss), tf.float64))
@@ -243,6 +247,13 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         else:
             tf.cond(go, lambda: apply(grads, trainable_variables), lambda: None)
 
+    def _learning_rate(self) -> tf.Tensor:
+        """The rate this step's update takes, as float64: the optimizer's ``learning_rate`` (a schedule's value at
+        its ``iterations``, which the update has not advanced yet), the inner optimizer's under a loss scaler."""
+        optimizer = self._optimizer
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        return tf.cast(inner.learning_rate, tf.float64)
+
     def _status_before_update(self, grads) -> tf.Tensor:
         """Record the norm of the gradients the optimizer is given, in the same graph as its update, and return
         whether to apply the update: loss, gradients and labels fine (under a loss scaler also an overflow of the
@@ -261,6 +272,7 @@ class Watch(WatchSurface, keras.callbacks.Callback):
             norm = norm / scale  # in the loss's own units
             self._step_scale.assign(scale)
         self._step_norm.assign(norm)
+        self._step_rate.assign(self._learning_rate())
         labels_fine = tf.equal(bad_labels, 0.0)
         finite_norm = tf.math.is_finite(norm)
         if scaler is not None:
@@ -275,7 +287,8 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         loss, norm, bad_labels = status[LOSS], status[GRAD_NORM], status[BAD_LABELS]
         scaled = self._scaler() is not None
         if bad_labels == 0 and (math.isfinite(loss) or not has_loss) and math.isfinite(norm):
-            self.core.healthy(loss if has_loss else None, norm, status[SCALE_AFTER] if scaled else None)
+            self.core.healthy(loss if has_loss else None, norm, status[SCALE_AFTER] if scaled else None,
+                              status[LEARNING_RATE] if self._optimizer is not None else None)
             return
         overflow = scaled and bad_labels == 0 and not math.isfinite(norm)
         if overflow and not self.core.scaler_skipped(status[SCALE_AFTER]):
@@ -400,7 +413,8 @@ class Watch(WatchSurface, keras.callbacks.Callback):
                        forward=self._forward(), compute_loss=self._loss_for_replay(), scale_loss=scale_loss,
                        apply=self._original_apply or optimizer.apply,
                        optimizer_name=type(getattr(scaler, "inner_optimizer", optimizer)).__name__,
-                       sparse_loss=self._sparse_loss, overflow=overflow)
+                       sparse_loss=self._sparse_loss, overflow=overflow,
+                       loss_inputs=tuple(tf.identity(v) for v in self._loss_inputs) if self._loss_inputs else None)
 
     def _forward(self) -> Callable | None:
         if isinstance(self.watched, keras.Model):
@@ -445,7 +459,7 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         self._checked_hooks = False
         self._state_saved = False
         for accumulator in (self._step_loss, self._step_losses_seen, self._step_bad_labels, self._step_norm,
-                            self._step_scale):
+                            self._step_scale, self._step_rate):
             accumulator.assign(tf.zeros((), tf.float64))
         try:
             self._original_train_step, self._original_compute_loss = private.hook_train_step(
@@ -592,9 +606,23 @@ class Watch(WatchSurface, keras.callbacks.Callback):
         """Your loss function, unchanged, with its value recorded and its class labels checked."""
         if self._user_loss is None:
             raise NanlabError("watch.loss_fn needs the loss function: nanlab.watch(model, optimizer, loss_fn)")
-        loss = self._user_loss(self._checked_labels(_as_tensor(y_true), y_pred), y_pred, *args, **kwargs)
+        y_true = _as_tensor(y_true)
+        loss = self._user_loss(self._checked_labels(y_true, y_pred), y_pred, *args, **kwargs)
         self._record_loss(loss)
+        if isinstance(self.watched, list):
+            self._keep_loss_inputs(y_true, y_pred)
         return loss
+
+    def _keep_loss_inputs(self, y_true, y_pred) -> None:
+        """A list of variables has no forward pass to replay: keep what the loss was given (one assignment of the
+        targets and the predictions per step, inside the step), so that a bad step's loss can run again alone."""
+        tensors = [tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)]
+        if self._loss_inputs is None:  # first trace only: tf.function allows variables created on the first call
+            with tf.init_scope():
+                self._loss_inputs = [tf.Variable(tf.zeros([0] * (t.shape.rank or 0), t.dtype),
+                                                 shape=tf.TensorShape(None), trainable=False) for t in tensors]
+        for variable, tensor in zip(self._loss_inputs, tensors):
+            variable.assign(tensor)
 
 
 def _held_back() -> None:

@@ -36,7 +36,9 @@ _FAMILIES: dict[OpFamily, tuple[str, ...]] = {
                              "native_group_norm", "instance_norm", "rms_norm", "local_response_norm"),
     OpFamily.STATISTIC: ("std", "var", "std_mean", "var_mean", "cov", "corrcoef"),
     OpFamily.REDUCE: ("sum", "mean", "nansum", "nanmean", "max", "min", "amax", "amin", "aminmax", "prod",
-                      "cumsum", "cumprod", "logsumexp", "logcumsumexp", "special_logsumexp"),
+                      "cumsum", "cumprod", "logsumexp", "logcumsumexp", "special_logsumexp", "max_pool1d",
+                      "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+                      "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"),
     OpFamily.MATMUL: ("matmul", "rmatmul", "mm", "bmm", "mv", "dot", "vdot", "inner", "outer", "addmm", "addmv",
                       "addbmm", "baddbmm", "einsum", "tensordot", "linear", "bilinear", "conv1d", "conv2d",
                       "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "chain_matmul",
@@ -94,6 +96,16 @@ def _number(value) -> float | None:
 
 # adaptive optimizers whose weight decay is added to the gradient and then divided by their running scale
 ADAPTIVE_COUPLED_DECAY = frozenset({"RMSprop", "Adagrad", "Adadelta", "Adamax", "SparseAdam"})
+
+
+def learning_rate(optimizer) -> float | None:
+    """The rate the optimizer's next step takes (its first parameter group's ``lr``, which a scheduler sets before
+    the step), or None without one."""
+    groups = getattr(optimizer, "param_groups", None)
+    rate = groups[0].get("lr") if groups else None
+    if isinstance(rate, torch.Tensor) and rate.device.type != "cpu":
+        return None  # reading a rate held on the device would cost a second host synchronisation per step
+    return _number(rate)
 
 
 def optimizer_facts(optimizer, params=None, scaler=None, loss_scale: float | None = None) -> OptimizerFacts | None:

@@ -12,6 +12,15 @@ target and extra arguments (or the loss the model computed in ``forward``). Ever
 ``TorchFunctionMode`` and every autograd node is hooked; the first op that turned finite inputs into a non-finite
 output is the culprit. Its inputs are described as ``InputStats``, for a backward culprit those of the forward op
 whose gradient went bad. The gradients, buffers and RNG states it touched are restored afterwards.
+
+A deliberate fill (``masked_fill``/``where`` writing -inf or finfo.min: a mask) is no culprit, and is followed: every
+tensor that still carries the fill value knows which op wrote it. A reduction (a max, a max-pool, a logsumexp) whose
+output is non-finite from a fill reduced a group that was all fill (every token of a document masked): there the
+fill stops being a mask and becomes a value, and that op is blamed when a later op turns the value into NaN (x - max,
+the next layer's matmul); an op that turns a fill into NaN by itself (softmax over an all-masked row, 0 * inf,
+finfo.min + finfo.min) is blamed where no reduction came first. The report names the fill's op (``filled_from``).
+Each module's outputs are kept during the replay, and their largest finite magnitude is reported against the dtype's
+limit (``activation_maxima``) once it is over.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ from nanlab.frameworks.torch import private
 from nanlab.frameworks.torch.names import OP_FAMILIES, checkable, dtype_kind, dtype_name
 from nanlab.frameworks.torch.records import BadStep, EagerOutcome, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, is_recurrent
-from nanlab.watching.vocabulary import InputStats, OpFamily, Phase, dtype_max, op_family
+from nanlab.watching.vocabulary import ActivationMax, InputStats, OpFamily, Phase, dtype_max, op_family
 
 LOSS_PATH = "loss"
 # Ops that write -inf on purpose (attention masks): their output is not a fault, what consumes it may be.
@@ -38,6 +47,8 @@ OP_ALIASES = {"truediv": "div", "rtruediv": "div", "div_": "div", "true_divide":
               "pow_": "pow", "rpow": "pow", "log_": "log", "exp_": "exp", "sqrt_": "sqrt"}
 WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float64, torch.float32: torch.float64}  # wider range
 MAX_ROW_REPLAYS = 256  # samples recomputed one at a time when the failing op reduced over the batch
+# Statistics whose every output element reduces the same number of input elements (input size / output size)
+GROUPED_STATISTICS = frozenset({"std", "var", "std_mean", "var_mean"})
 
 
 def localise(bad: BadStep, report: NonFiniteReport) -> None:
@@ -160,6 +171,8 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
             output, loss, located = _forward_and_loss(micro_batch, bad, report, tracer)
             if located:
                 return True
+            if tracer.culprit is None and loss is not None and not _finite(loss):
+                tracer.culprit = tracer.escaped_into(loss)  # before the backward pass names a later op
         first_param = tracer.backward(loss * bad.scale if bad.scale else loss, params, bad.names) \
             if loss is not None else None
         if loss is not None:
@@ -172,6 +185,7 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
             buffer.copy_(value)
         _restore_rng(saved_cpu_rng, saved_cuda_rng)
 
+    report.activation_maxima = tracer.activation_maxima()
     found = tracer.culprit
     if found is None:
         return False
@@ -180,6 +194,7 @@ def _replay(micro_batch: MicroBatch, bad: BadStep, report: NonFiniteReport, mode
     report.module_kind, report.value, report.op_inputs = found["kind"], found["value"], found["inputs"]
     report.samples, report.dtype, report.max_abs = found["rows"], found["dtype"], found["max_abs"]
     report.dtype_max = dtype_max(found["dtype"])
+    report.filled_from, report.reduced_count = found.get("filled_from"), found.get("reduced_count")
     report.parameter = first_param
     if report.phase in (Phase.LOSS, Phase.FORWARD) and not report.samples and batch:
         report.samples = _bad_rows_one_by_one(micro_batch, bad, output, batch)
@@ -272,17 +287,50 @@ class _Tracer:
         # by reference; their InputStats are computed only for a backward culprit)
         self.nodes: dict[Any, tuple[str, str, str, list[torch.Tensor]]] = {}
         self.backward_culprit: dict | None = None
+        # id of a tensor carrying a deliberate fill -> where the fill was written ("from") and the reduction that
+        # made a whole group of it a value ("escape", a culprit entry, or None); the tensors are held so that no id
+        # is reused while the replay runs
+        self.fills: dict[int, dict] = {}
+        self._filled: list[torch.Tensor] = []
+        self.outputs: list[tuple[str, Any]] = []  # (module, output) of every module call, measured after the replay
         self._hooks = []
         for name, module in model.named_modules():
             entry = (name or type(module).__name__, type(module).__name__)
             self._hooks.append(module.register_forward_pre_hook(lambda *_, entry=entry: self._enter(entry)))
-            self._hooks.append(module.register_forward_hook(lambda *_: self._leave()))
+            self._hooks.append(module.register_forward_hook(
+                lambda _module, _args, output, entry=entry: self._leave(entry, output)))
 
     def _enter(self, entry: tuple[str, str]) -> None:
         self.path.append(entry)
 
-    def _leave(self) -> None:  # returns None: a forward hook's return value would replace the module's output
+    def _leave(self, entry: tuple[str, str], output) -> None:
+        """Returns None: a forward hook's return value would replace the module's output. The output is kept, not
+        measured: ops run here would run under the tracing mode, as ops of the model."""
         self.path.pop()
+        self.outputs.append((entry[0], output))
+
+    def activation_maxima(self) -> list[ActivationMax]:
+        """Each module's largest finite |output| over its calls, in the order the modules first returned."""
+        maxima: dict[str, ActivationMax] = {}
+        with torch.no_grad():
+            for module, output in self.outputs:
+                for tensor in _tensors(output):
+                    if not tensor.is_floating_point() or not tensor.numel():
+                        continue
+                    data = checkable(tensor)
+                    finite = torch.isfinite(data)
+                    largest = data.abs().masked_fill(~finite, 0).max().item() if finite.any() else None
+                    entry = ActivationMax(module, dtype_name(tensor.dtype), largest, int((~finite).sum()))
+                    maxima[module] = maxima[module].merged(entry) if module in maxima else entry
+        return list(maxima.values())
+
+    def escaped_into(self, loss: torch.Tensor) -> dict | None:
+        """The reduction that made a fill a value, where that value reached a non-finite loss with no op turning it
+        into NaN on the way (an -inf maximum through the layers into the loss): the culprit then."""
+        carried = self.fills.get(id(loss))
+        if carried is None or carried["escape"] is None:
+            return None
+        return dict(carried["escape"], filled_from=carried["from"])
 
     def __exit__(self, *exc):
         for hook in self._hooks:
@@ -299,15 +347,41 @@ class _Tracer:
         module, kind = self.path[-1] if self.path else ("model", "model")
         inputs = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
         self._claim_nodes(outputs, inputs, module, kind, op)
-        if self.culprit is None and op not in FILL_OPS:
-            bad = [t for t in outputs if not _finite(t)]
-            if bad and _turned_bad(bad, inputs):
-                value = _kind(bad[0])
-                self.culprit = {"phase": Phase.LOSS if module == LOSS_PATH else Phase.FORWARD, "module": module,
-                                "kind": kind, "op": op, "value": value, "inputs": [_stats(t) for t in inputs],
-                                "rows": _nonfinite_rows(bad, self.batch), "dtype": dtype_name(bad[0].dtype),
-                                "max_abs": _magnitude(func, args, kwargs, bad[0], inputs)}
+        if self.culprit is not None:
+            return result
+        carried = _first_fill([self.fills[id(t)] for t in inputs if id(t) in self.fills])
+        if op in FILL_OPS:
+            if _holds_fill(outputs):
+                self._mark_fill(outputs, {"from": f"`{module}` / op `{op}`", "escape": carried and carried["escape"]})
+            return result
+        bad = [t for t in outputs if not _finite(t)]
+        if bad and _turned_bad(bad, inputs):
+            found = self._entry(module, kind, op, bad, inputs, outputs,
+                                None if carried else _magnitude(func, args, kwargs, bad[0], inputs))
+            if carried is not None:  # a fill turned into NaN here, or in the reduction that made it a value
+                found = dict(carried["escape"] or found, filled_from=carried["from"])
+            self.culprit = found
+        elif carried is not None and _holds_fill(outputs):
+            escape = carried["escape"]
+            if escape is None and bad and op_family(op, OP_FAMILIES) is OpFamily.REDUCE:
+                escape = self._entry(module, kind, op, bad, inputs, outputs, None)  # a group that was all fill
+            self._mark_fill(outputs, {"from": carried["from"], "escape": escape})
         return result
+
+    def _entry(self, module: str, kind: str, op: str, bad: list[torch.Tensor], inputs: list[torch.Tensor],
+               outputs: list[torch.Tensor], max_abs: float | None) -> dict:
+        """A forward culprit: where it ran, what it gave, its inputs' statistics and the rows it spoiled."""
+        entry = {"phase": Phase.LOSS if module == LOSS_PATH else Phase.FORWARD, "module": module, "kind": kind,
+                 "op": op, "value": _kind(bad[0]), "inputs": [_stats(t) for t in inputs],
+                 "rows": _nonfinite_rows(bad, self.batch), "dtype": dtype_name(bad[0].dtype), "max_abs": max_abs}
+        if op in GROUPED_STATISTICS and inputs and outputs[0].numel():
+            entry["reduced_count"] = inputs[0].numel() // outputs[0].numel()  # elements behind each statistic
+        return entry
+
+    def _mark_fill(self, tensors: list[torch.Tensor], carried: dict) -> None:
+        for tensor in tensors:
+            self.fills[id(tensor)] = carried
+            self._filled.append(tensor)
 
     def _claim_nodes(self, outputs, inputs, module, kind, op) -> None:
         """Every autograd node between this op's inputs and outputs belongs to the op (composite ops have several).
@@ -466,6 +540,20 @@ def _op_name(func) -> str:
 def _finite(tensor: torch.Tensor) -> bool:
     """Every value of ``tensor`` is finite (float8 read through ``checkable``)."""
     return bool(torch.isfinite(checkable(tensor)).all())
+
+
+def _first_fill(carried: list[dict]) -> dict | None:
+    """Of the fills an op's inputs carry, one a reduction already made a value (x - max: the max's), else the first."""
+    return next((entry for entry in carried if entry["escape"] is not None), carried[0] if carried else None)
+
+
+def _holds_fill(tensors: list[torch.Tensor]) -> bool:
+    """Some value is infinite or as large as the dtype allows (a finfo.min fill): a mask's fill value."""
+    for tensor in tensors:
+        data = checkable(tensor)
+        if data.numel() and (torch.isinf(data).any() or data.abs().max() >= torch.finfo(data.dtype).max / 2):
+            return True
+    return False
 
 
 def _kind(tensor: torch.Tensor) -> str:

@@ -72,7 +72,8 @@ from torch.nn.parallel import DistributedDataParallel
 from nanlab.errors import NanlabError
 from nanlab.evidence import IGNORE_INDEX, class_id_targets
 from nanlab.frameworks.torch import private
-from nanlab.frameworks.torch.names import FLOAT8, OP_FAMILIES, checkable, dtype_kind, dtype_name, optimizer_facts
+from nanlab.frameworks.torch.names import (FLOAT8, OP_FAMILIES, checkable, dtype_kind, dtype_name, learning_rate,
+                                           optimizer_facts)
 from nanlab.frameworks.torch.records import BadStep, CompiledStep, MicroBatch, loss_of
 from nanlab.report import NonFiniteReport, spoiled_by_update, is_recurrent
 from nanlab.training import Training
@@ -446,7 +447,7 @@ class Watch(WatchSurface):
     def _healthy(self, status: StepStatus) -> None:
         own = status.own
         self.core.healthy(own[LOSS] if status.has_loss else None, own[GRAD_NORM],
-                          own[SCALE_AFTER] if status.scaled else None)
+                          own[SCALE_AFTER] if status.scaled else None, learning_rate(self.optimizer))
         self._clear_step()
 
     def _clear_step(self) -> None:
