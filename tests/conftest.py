@@ -21,8 +21,8 @@ def pytest_configure(config):
 
 # The quick tier (`pytest -m "not slow"`, `make test-quick`) leaves out what takes minutes. Whole kinds, by path,
 # so that new ones are slow from the start: every notebook nbval runs (any .ipynb), the reproduction contract (any
-# tests/test_contract*.py), the browser tests and the distributed watch.
-SLOW_MODULES = ("test_contract", "test_browser.py", "test_watch_torch_distributed.py")
+# tests/test_contract*.py), the browser tests, the distributed watch and the trainers under DDP (test_host_ddp_*).
+SLOW_MODULES = ("test_contract", "test_browser.py", "test_watch_torch_distributed.py", "test_host_ddp_")
 # Single slow tests, as "module::test" (every parameter) or "module::test[id]" (that one), with the seconds each took
 # on 2 cores (OMP_NUM_THREADS=1, `pytest -m "not slow" --durations=25`): the ones that execute a notebook, the
 # MirroredStrategy fit, and a 10-seed TensorFlow comparison.

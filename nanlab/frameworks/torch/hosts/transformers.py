@@ -35,6 +35,23 @@ own autocast); ``fp16`` (CUDA only) brings accelerate's ``GradScaler`` (``traine
 the watch, which then checks in the scaler's ``update`` as in a plain loop: a step the scaler skips is expected now
 and then, persistent skipping is a fault.
 
+Under DDP (``torchrun --nproc_per_node N train.py`` or ``accelerate launch``) the watch is given the Trainer's
+``DistributedDataParallel`` wrapper (``trainer.model_wrapped``, made by ``train()`` before ``on_train_begin``), so
+that at a bad step the ranks agree as the torch watch's DDP support describes: a NaN on one rank reaches every rank's
+gradients through DDP's reduction, every rank raises, stops or skips at the same step with the report of the rank
+where it appeared, and the replay runs the bare model on each rank (no collectives). The callbacks form is handed only
+the bare model: it takes the default process group when ``args.parallel_mode`` is DDP (not FSDP or DeepSpeed). A
+model that computes its loss in forward (every Transformers model given ``labels``) is not folded into the gradients
+(``Watch``'s docstring): a non-finite loss on one rank with finite reduced gradients is logged, not raised, so that no
+rank leaves the others waiting in DDP's next reduction. Tested on two CPU processes under gloo with torchrun.
+
+``TrainingArguments(torch_compile=True)``: accelerate compiles the model in ``train()``; the watch's hooks go on the
+compiled wrapper (``trainer.model_wrapped``), where they run outside the graph (no graph break, no recompile: tested
+with dynamo's counters), and a bad step is replayed eagerly on the original module. The callbacks form is handed
+only the module inside the compiled one: its hooks there break the graph (measured: 2 graph breaks on
+``torch.get_rng_state``, 8 frames instead of 1), so it logs a warning that points to ``nanlab.watch(trainer)``.
+Compiled and DDP together (accelerate compiles around the DDP wrapper) is not tested.
+
 The Trainer's ``logging_nan_inf_filter`` (on by default) logs a non-finite loss as the mean of the finite losses
 since the last log (0.0 right after a log), while every update is still applied; when it would have hidden this
 step's loss, the report's note says so.
@@ -56,11 +73,14 @@ except ModuleNotFoundError as missing:  # pragma: no cover - the Host only dispa
     raise NanlabError(f"the Transformers integration needs transformers; install it with: {INSTALL_HINT}") from None
 
 import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from transformers.training_args import ParallelMode  # noqa: E402
 
 from nanlab.frameworks.torch import private  # noqa: E402
 from nanlab.frameworks.torch.watch import Watch  # noqa: E402
 from nanlab.report import NonFiniteReport  # noqa: E402
 from nanlab.watching import WatchPolicy  # noqa: E402
+from nanlab.watching.core import LOG  # noqa: E402
 
 OPTIONS: tuple[str, ...] = ()
 # The Trainer's attributes that compute a loss outside the model, called (outputs, labels, **kwargs); the first
@@ -96,9 +116,15 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
                                   None)
         recorded = self._outside_loss is not None and private.replaceable(self.trainer, self._outside_loss)
         scaler = getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
-        self.watch = Watch(model, _torch_optimizer(optimizer),
+        self.watch = Watch(_watched_model(self.trainer, model), _torch_optimizer(optimizer),
                            getattr(self.trainer, self._outside_loss) if recorded else None,
                            policy=self.policy, check_at="host", scaler=scaler)
+        if self.watch._group is None:  # the callbacks form under DDP: the wrapper is out of its reach, the group not
+            self.watch._group = _ddp_group(args)
+        if self.trainer is None and getattr(args, "torch_compile", False):
+            LOG.warning("nanlab.watch: a WatchCallback in Trainer(callbacks=[...]) with torch_compile=True hooks the "
+                        "module inside the compiled one, where dynamo breaks the graph on its hooks (2 graph breaks "
+                        "measured on a tiny Llama); nanlab.watch(trainer) hooks the compiled wrapper and adds none")
         self.watch.host_notes.append(self._note(args, unrecorded=None if recorded else self._outside_loss))
         self.watch.__enter__()
         if recorded:
@@ -152,6 +178,43 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
             return " ".join(sentences) or None
 
         return note
+
+
+def _watched_model(trainer, model):
+    """The module the watch hooks: the Trainer's own wrapper of ``model`` where ``train()`` made one before
+    ``on_train_begin`` (``trainer.model_wrapped``), else ``model`` (the callbacks form: the Trainer hands callbacks
+    only the bare model).
+
+    - ``DistributedDataParallel`` (``torchrun`` / ``accelerate launch``): the watch reads the process group from it,
+      so that at a bad step the ranks combine their status and every rank raises, stops or skips alike with one
+      report; the replay runs the bare model (no collectives).
+    - ``torch.compile`` (``TrainingArguments(torch_compile=True)``): the hooks go on the compiled wrapper, where they
+      run outside the graph (no graph break, no recompile); the replay runs the original module eagerly. Compiled
+      around DDP (accelerate compiles last), the hooks go on the DDP wrapper inside it (not tested).
+    - anything else (DataParallel, DeepSpeed, FSDP): ``model``, as before (not tested under the watch).
+    """
+    wrapped = getattr(trainer, "model_wrapped", None) if trainer is not None else None
+    if not isinstance(wrapped, torch.nn.Module) or wrapped is model:
+        return model
+    inner = private.original_module(wrapped)
+    if isinstance(inner, DistributedDataParallel) and inner.module is model:
+        return inner
+    if isinstance(wrapped, DistributedDataParallel) and wrapped.module is model:
+        return wrapped
+    if private.is_compiled(wrapped) and inner is model:
+        return wrapped
+    return model
+
+
+def _ddp_group(args):
+    """The process group of the Trainer's DDP run, for the callbacks form (no wrapper at hand): the default group
+    when the Trainer trains data-parallel over several processes (``args.parallel_mode``), neither FSDP nor
+    DeepSpeed; else None."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if args.parallel_mode != ParallelMode.DISTRIBUTED or args.fsdp or args.deepspeed:
+        return None
+    return torch.distributed.group.WORLD if torch.distributed.get_world_size() > 1 else None
 
 
 def _torch_optimizer(optimizer):
