@@ -78,8 +78,9 @@ class _Series:
 
     run: Run
     recorded: Sequence[float]  # the run's losses or gradient norms, non-finite values included
-    colour: str | None
+    colour: str | None  # the colour asked for (None: nanlab picks one)
     requested: int | str  # the ``smooth`` asked for: a window, or "auto"
+    drawn: str | None = None  # the colour it was drawn in, decided per redraw (see _styles)
     smooth: int = 1  # the window used, decided per axis (see _redraw)
     steps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
@@ -283,7 +284,9 @@ def _groups(state: _AxisState) -> list[_Group]:
 
 
 def _styles(groups: list[_Group]) -> list[dict]:
-    """Colour, line style and marker per group: red for broken, violet-grey dashed for a wrong fix, others cycled."""
+    """Colour, line style and marker per group: red for broken, violet-grey dashed for a wrong fix (whatever colour
+    was asked for), a real fix the colour asked for or the next free one. Decided afresh at each redraw from the
+    colours asked for, so that runs merged on an earlier draw (one colour) get colours of their own once apart."""
     taken = {group.lead.colour for group in groups if group.lead.colour}
     free = iter([colour for colour in FIX_COLOURS if colour not in taken] + list(FIX_COLOURS))
     styles, fix_index, wrong_index = [], 0, 0
@@ -298,11 +301,10 @@ def _styles(groups: list[_Group]) -> list[dict]:
         else:
             style = {"color": None, "linestyle": "-", "marker": FIX_MARKERS[fix_index % len(FIX_MARKERS)]}
             fix_index += 1
-        if is_wrong_fix(run):  # the catalogue's mark wins over a colour asked for
-            group.lead.colour = None
-        style["color"] = group.lead.colour or style["color"] or next(free)
+        asked = None if is_wrong_fix(run) else group.lead.colour  # the catalogue's mark wins over a colour asked for
+        style["color"] = asked or style["color"] or next(free)
         for one in group.members:
-            one.colour = style["color"]  # keep the colour when the axis is redrawn
+            one.drawn = style["color"]
         styles.append(style)
     return styles
 
@@ -722,9 +724,9 @@ def plot_comparison(runs: Sequence[Run], smooth: int | str = "auto", metric: boo
     loss_state, norm_state = _STATES[loss_ax], _STATES[norm_ax]
     loss_state.linked, norm_state.linked = [norm_state], [loss_state]
     _redraw(loss_ax)  # now merging only runs identical in both panels
-    colours = [one.colour for one in loss_state.series]
+    colours = [one.drawn for one in loss_state.series]
     for one, colour in zip(norm_state.series, colours):
-        one.colour = colour
+        one.colour = colour  # the gradient-norm panel draws each run in its loss colour
     _redraw(norm_ax)
     if show_metric:
         plot_scores(runs, axes[2], colours)

@@ -426,3 +426,15 @@ def test_text_is_sized_for_a_projector_and_stays_inside_the_figure():
         assert frame.x0 - 2 <= box.x0 and box.x1 <= frame.x1 + 2 and frame.y0 - 2 <= box.y0 and box.y1 <= frame.y1 + 2
     for ax in figure.axes:
         assert not _overlaps(ax.yaxis.get_majorticklabels())
+
+
+def test_runs_merged_on_one_panel_but_apart_on_the_other_get_colours_of_their_own():
+    # the loss panel alone merges all three (drawn as each run is added); linked to the gradient panel, where c
+    # differs, only a and b stay merged: c must not keep the colour of the merged curve
+    losses = [1.0 / (1 + step) for step in range(30)]
+    fixes = [run("a", losses=losses, grad_norms=losses), run("b", losses=losses, grad_norms=losses),
+             run("c", losses=losses, grad_norms=[0.5 * value for value in losses])]
+    figure = plot_comparison(fixes)
+    for ax in figure.axes[:2]:
+        colours = {line.get_label(): line.get_color() for line in data_lines(ax)}
+        assert sorted(colours) == ["a = b (same curve)", "c"] and len(set(colours.values())) == 2, colours
