@@ -3,9 +3,17 @@
 Each claim the source threads repeat: an MAE loss gives NaN (no: the slope of |x| at 0 is 0; a hand-written
 sqrt(x**2) does), pooling with stride > kernel gives NaN (no: finite forward and backward), a loss weight too
 high (yes under SGD, where it is a learning rate for the parameters it reaches; no under Adam), reduce the batch
-size (no with a mean loss; yes with a summed one)."""
-import math
+size (no with a mean loss; yes with a summed one).
 
+Then the remedies and diagnostics the sources give for any NaN (regularisation, tanh, RMSProp/Nadam, Adam at 1e-4,
+overfitting one replicated sample, looking at the weights, and in Keras the ``optimizer.get_gradients`` clipping
+recipe): the committed notebooks are the record, nbval checks that a fresh run prints the same summary table, and
+the last test checks that every claim has a verdict and that each verdict follows from what its run printed."""
+import math
+import pathlib
+import re
+
+import nbformat
 import numpy as np
 import pytest
 
@@ -194,3 +202,80 @@ def test_a_smaller_batch_helps_only_a_summed_loss(probe, seed):
     assert _goes_nonfinite(probe.regression_losses(seed, 64, 0.05, "sum", steps=60))
     small_batch = probe.regression_losses(seed, 4, 0.05, "sum", steps=60)
     assert all(map(math.isfinite, small_batch)) and small_batch[-1] < 0.05 * small_batch[0]
+
+
+# -- the record: the committed notebooks' verdicts, each recomputed from the lines its run printed -------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECORDS = {"torch": ROOT / "notebooks" / "pytorch" / "80-myths-and-legacy.ipynb",
+           "tensorflow": ROOT / "notebooks" / "tensorflow" / "80-myths-and-legacy.ipynb"}
+FOLK_CLAIMS = ["An MAE (L1) loss gives NaN", "Pooling with stride > kernel gives NaN", "A loss_weight too high (SGD)",
+               "A loss_weight too high (Adam)", "Reduce the batch size (mean loss)",
+               "Reduce the batch size (summed loss)"]
+REMEDY_CLAIMS = {"torch": ["Regularization helps", "Use tanh", "Use RMSprop", "Use NAdam",
+                           "Lower the rate: Adam at 1e-4"],
+                 "tensorflow": ["Regularization helps", "Use tanh", "Use RMSprop", "Use Nadam",
+                                "Lower the rate: Adam at 1e-4"]}
+DIAGNOSTIC_CLAIMS = ["Overfit one replicated sample", "Look at the weights"]
+KERAS_CLAIMS = {"torch": [], "tensorflow": ["optimizer.get_gradients clipping recipe"]}
+CAUSE_LINE = re.compile(r"^  (\S+(?: \S+)*?)\s{2,}"
+                        r"(non-finite at step .*|finite and learns, .*|finite, does not learn, .*)$")
+BLAME_LINE = re.compile(r"^(\S+)\s+the test blames the (.+?)\s+the cause is in the (\w+)$")
+WEIGHT_LINE = re.compile(r"^(\S+)\s+largest \|weight\| before the NaN: (\S+) x its start$")
+
+
+def _record(framework: str) -> tuple[list[tuple[list[str], str]], dict[str, str]]:
+    """Each verdict with the lines printed since the verdict before it, in order, and the summary table."""
+    notebook = nbformat.read(RECORDS[framework], as_version=4)
+    printed, table, chunk = [], {}, []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            for line in output.get("text", "").splitlines():
+                if line.startswith("VERDICT: "):
+                    printed.append((chunk, line.removeprefix("VERDICT: ")))
+                    chunk = []
+                else:
+                    chunk.append(line)
+            for row in output.get("data", {}).get("text/markdown", "").splitlines()[2:]:
+                claim, head = (part.strip() for part in row.strip("|").split("|"))
+                table[claim] = head
+    return printed, table
+
+
+def _head(kept: list[str], labels: list[str]) -> str:
+    if kept and len(kept) == len(labels):
+        return "holds"
+    return f"holds only for {', '.join(kept)}" if kept else "does not hold"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_every_claim_of_the_record_has_a_verdict_and_each_verdict_follows_from_its_run(framework):
+    printed, table = _record(framework)
+    claims = FOLK_CLAIMS + REMEDY_CLAIMS[framework] + DIAGNOSTIC_CLAIMS + KERAS_CLAIMS[framework]
+    assert list(table) == claims, "the summary table lists every claim once, in the order the sections run them"
+    assert [text.split(":")[0] for _, text in printed] == list(table.values()), "the table is the printed verdicts"
+    version = re.escape("torch " if framework == "torch" else "TF ")
+    verdicts = dict(zip(claims, printed))
+    for claim in REMEDY_CLAIMS[framework]:
+        lines, text = verdicts[claim]
+        causes = [CAUSE_LINE.match(line).groups() for line in lines if CAUSE_LINE.match(line)]
+        assert len(causes) >= 2, f"{claim}: every remedy runs on at least two catalogue causes"
+        kept = [label for label, phrase in causes if phrase.startswith("finite and learns")]
+        assert re.fullmatch(rf"{re.escape(_head(kept, causes))} \({version}[\d.]+\): .+", text), (claim, text)
+        for label, phrase in causes:
+            assert f"{label}: {phrase}" in text
+    lines, text = verdicts["Overfit one replicated sample"]
+    readings = [BLAME_LINE.match(line).groups() for line in lines if BLAME_LINE.match(line)]
+    assert {truth for _, _, truth in readings} == {"parameters", "network", "data"}, "a cause of each kind"
+    right = [cause for cause, blamed, truth in readings if blamed == truth]
+    assert text.startswith(_head(right, readings) + " (")
+    lines, text = verdicts["Look at the weights"]
+    growth = [WEIGHT_LINE.match(line).groups() for line in lines if WEIGHT_LINE.match(line)]
+    assert len(growth) >= 3
+    shown = [cause for cause, factor in growth if float(factor) >= 100]
+    assert text.startswith(_head(shown, growth) + " (")
+    for claim in KERAS_CLAIMS[framework]:
+        lines, text = verdicts[claim]
+        assert any("raises AttributeError" in line for line in lines) and any(line.endswith("True") for line in lines)
+        assert re.fullmatch(r"gone in Keras 3 \(TF [\d.]+, keras 3\.\d+\): calling it raises AttributeError .+"
+                            r"the Keras 3 way is clipnorm / global_clipnorm .+", text)
