@@ -264,3 +264,66 @@ def test_fp16_with_the_trainers_scaler_skips_a_one_off_and_raises_when_skipping_
         trainer.train()
     assert raised.value.report.step == 5 and raised.value.report.module == "model.embed_tokens"
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -- TrainingArguments(torch_compile=True) ------------------------------------------------------------------------
+# Backend "aot_eager": dynamo's graph capture and AOTAutograd's joint forward/backward graph, as inductor gets them,
+# without generating C++. Inductor's first compile of this Llama's forward and backward takes tens of seconds on a
+# 2-core CPU (25 s for a 3-layer MLP, tests/test_host_compile.py); the watch's hooks sit outside the graph either way.
+def compiled_run(tmp_path, watched, poisoned=()):
+    """A fresh compile (dynamo reset) and a Trainer(torch_compile=True) run; dynamo's counters after it."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_llama()
+    logs = LogKeeper()
+    trainer = Trainer(model=model, args=arguments(tmp_path, steps=4, torch_compile=True,
+                                                  torch_compile_backend="aot_eager"),
+                      train_dataset=Stream(poisoned=poisoned), callbacks=[logs])
+    watch = nanlab.watch(trainer) if watched else None
+    error = None
+    try:
+        trainer.train()
+    except nanlab.NonFiniteError as raised:
+        error = raised
+    compiled = {"frames": counters["frames"]["ok"], "graphs": counters["stats"]["unique_graphs"],
+                "breaks": sum(counters["graph_break"].values()), "recompiles": sum(counters["recompiles"].values())}
+    return model, trainer, watch, logs.logs, compiled, error
+
+
+def test_torch_compile_healthy_is_bit_identical_with_no_added_graph_break_or_recompile(tmp_path):
+    plain, _, _, plain_logs, plain_counts, _ = compiled_run(tmp_path, watched=False)
+    model, trainer, watch, logs, counts, error = compiled_run(tmp_path, watched=True)
+    assert error is None and watch.step == 4 and watch.report is None
+    assert counts == plain_counts and counts["graphs"] >= 1, (counts, plain_counts)
+    assert logs == plain_logs and same_weights(weights(model), weights(plain))
+    assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)  # the Trainer compiled it
+
+
+def test_torch_compile_a_bad_step_is_localised_by_an_eager_replay_of_the_original_module(tmp_path):
+    _, _, _, _, healthy_counts, _ = compiled_run(tmp_path, watched=False)
+    model, trainer, watch, _, counts, error = compiled_run(tmp_path, watched=True, poisoned={13})
+    report = error.report
+    assert (report.step, report.phase, report.module, report.op) == (3, "forward", "model.embed_tokens", "div"), \
+        str(report)
+    assert report.samples == [1]
+    assert "compiler is suspected" not in (report.note or "")  # aot_eager and the eager replay agree
+    assert counts == healthy_counts, "the replay ran eagerly: nothing compiled again"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_torch_compile_with_the_callbacks_form_warns_of_its_graph_breaks(tmp_path, caplog):
+    """The callbacks form is handed the module inside the compiled one: its hooks there break the graph, which the
+    warning says, pointing to nanlab.watch(trainer) (tested above: none)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = Trainer(model=tiny_llama(broken_token=False), args=arguments(tmp_path, steps=2, torch_compile=True,
+                                                                           torch_compile_backend="aot_eager"),
+                      train_dataset=Stream(), callbacks=[WatchCallback()])
+    with caplog.at_level("WARNING", logger="nanlab.watch"):
+        trainer.train()
+    assert "nanlab.watch(trainer)" in caplog.text and "graph breaks" in caplog.text
+    assert sum(counters["graph_break"].values()) > 0  # what the warning is about
