@@ -3,7 +3,7 @@ respects the project's 20-second rule, and its symptom table is the catalogue's.
 import pathlib
 import re
 
-from tools import notebook_timings, symptom_table
+from tools import notebook_timings, student_minutes, symptom_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,3 +25,36 @@ def test_the_timings_table_times_every_notebook_within_the_20_second_rule():
 
 def test_the_symptom_table_is_the_catalogues():
     assert symptom_table.symptom_table() in TEACHING, "refresh: python -m tools.symptom_table --write docs/teaching.md"
+
+
+def test_the_student_minutes_table_is_the_one_the_notebooks_give():
+    section = TEACHING[TEACHING.index(student_minutes.BEGIN):TEACHING.index(student_minutes.END)]
+    listed = set(re.findall(r"^\| ([\w/.-]+) \| \d+ \|", section, re.M))
+    expected = {str(path.relative_to(ROOT / "notebooks").with_suffix(""))
+                for path in student_minutes.notebooks(ROOT / "notebooks")}
+    assert listed == expected, "refresh: python -m tools.student_minutes --write docs/teaching.md"
+    assert student_minutes.table() in section, "refresh: python -m tools.student_minutes --write docs/teaching.md"
+
+
+def test_student_minutes_count_what_a_student_reads_and_does(tmp_path):
+    """The estimate follows its stated rule: hidden tests, solutions, comments and references do not count, an
+    answer cell adds its minutes, and an appendix is counted apart."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    answer = new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1 + 2 + 3\n    ### END SOLUTION")
+    answer.metadata["nbgrader"] = {"solution": True}
+    tests = new_code_cell("assert f() == 6\n### BEGIN HIDDEN TESTS\nassert f() + 0 == 6\n### END HIDDEN TESTS")
+    notebook = new_notebook(cells=[
+        new_markdown_cell("# A title\nthree words here <!-- a comment of six words -->"),
+        answer, tests,
+        new_markdown_cell("## References\n- many words that a student reads after the lesson"),
+        new_markdown_cell("## Appendix (optional)\nfour more words here"),
+        new_code_cell("x = 1")])
+    nbformat.write(notebook, tmp_path / "one.ipynb")
+    (row,) = student_minutes.rows(tmp_path, ROOT / "docs" / "teaching.md")
+    assert row["core"] == {"prose": 6, "code": 2 + 4, "exercises": 1}
+    assert row["appendix"] == {"prose": 7, "code": 3, "exercises": 0}
+    expected = (6 / student_minutes.PROSE_WORDS_PER_MINUTE + 6 / student_minutes.CODE_WORDS_PER_MINUTE
+                + student_minutes.MINUTES_PER_EXERCISE)
+    assert abs(row["core_minutes"] - expected) < 1e-9
