@@ -29,10 +29,12 @@ CAUSE = Cause(
     score_name="held-out accuracy",
     pass_score=0.8,
     sources=(
-        "Stack Overflow 'Deep-Learning Nan loss reasons': NaN within the first ~100 iterations means the "
-        "learning rate is too high",
+        "digest of NaN causes (Chinese, item 1): NaN within the first 100 iterations usually means the learning "
+        "rate is too high; lower it until the NaN goes",
         "Smith, 2017, 'Cyclical Learning Rates for Training Neural Networks' (the LR range test)",
     ),
+    asides=(Fix("warmup", "a linear warmup to the broken rate, then cosine decay: the NaN only comes later",
+                hides_problem=True, still_nonfinite=True),),
     package=__name__,
 )
 
