@@ -32,10 +32,10 @@ def diagnose(report) -> Verdict | None:
         groups_of_one = report.reduced_count is not None and report.reduced_count <= 1
         if groups_of_one or report.batch_size == 1 or _any_input_of_at_most_one_element(report):
             where, remedy = (
-                (f"groups of {report.reduced_count} element (the reduced axis or group holds "
-                 f"{report.reduced_count})", "reduce over more elements per group") if groups_of_one else
                 ("a batch of one sample", "drop the incomplete last batch") if report.batch_size == 1 else
-                ("an input of one element", "skip groups of one"))
+                ("an input of one element", "skip groups of one") if _any_input_of_at_most_one_element(report) else
+                (f"groups of {report.reduced_count} element (the reduced axis or group holds "
+                 f"{report.reduced_count})", "reduce over more elements per group"))
             return Verdict(CAUSE.id, DIRECT + SPECIFIC, f"`{report.op}` (an unbiased std or variance) was taken over "
                            f"{where}: Bessel's correction divides by n - 1 = 0, so it is 0 / 0 = NaN with no zero in "
                            f"the data (use the population statistic, correction=0, or {remedy})",
