@@ -8,7 +8,9 @@ Everything specific to one framework lives in its own folder, ``nanlab/framework
 - ``watch.py``    ``nanlab.watch`` for its models (the cheap per-step check), and ``replay.py``, loaded only when a
   step goes bad; ``private.py`` the one guarded home of the framework's private APIs;
 - ``hosts/``      adapters of its watch to trainers built on it (a ``Host`` each: the Transformers ``Trainer``,
-  Lightning, Keras 3 on the torch backend …), loaded only when ``nanlab.watch`` is given such an object.
+  Lightning, Keras 3 on the torch backend …), loaded only when ``nanlab.watch`` is given such an object. Keras 3 on
+  the JAX backend is a host of TensorFlow/Keras, the framework that owns Keras models: JAX is a Keras backend to
+  nanlab, not a framework with loops and recipes of its own.
 
 The rest of nanlab asks a ``Framework`` object and never branches on a framework's name. Adding a framework is one
 new folder with these four modules, plus a ``<name>_recipe.py`` in each cause package that opts in (a cause lists
