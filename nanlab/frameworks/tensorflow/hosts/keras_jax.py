@@ -31,7 +31,11 @@ Cost per step: one reduction over the gradients (their finiteness and global nor
 host callbacks with a few scalars, and one wait for them (``jax.effects_barrier``); no copy of the batch, the weights
 or the gradients. Each ``fit`` under the watch traces and compiles its step afresh (through the gate), and the
 plain step again after it. A bad step reads the trainable weights once (a weight an earlier update made
-non-finite), as does the end of ``fit``.
+non-finite), as does the end of ``fit``. Measured on a busy 2-core CPU (one thread, Adam, batches of 32, an MLP
+64-W-W-10, fits of 128 and 640 steps, per-step time from their difference): W=256 0.72 -> 2.35 ms per step, of
+which the two ``jax.debug.callback`` calls are about 1.25 ms and the barrier 0.2 ms; W=1024 5.5 -> 7.7 ms (1.4x);
+about 1 s more per ``fit`` for the fresh compile. Cheaper would be the status in the gate's own variables, read
+through Keras' state sync, with the loss taken from fit's logs (not done).
 
 Not covered (refused with a message): the ``with nanlab.watch(model): model.fit(...)`` form (no callback events
 reach it on JAX), ``LossScaleOptimizer`` (``mixed_float16``: it skips overflowing steps itself),
