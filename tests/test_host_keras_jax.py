@@ -197,6 +197,18 @@ def scenario_a_finite_loss_with_nan_gradients():
                 iterations=int(model.optimizer.iterations))
 
 
+def scenario_a_nan_input_through_batchnorm_under_skip():
+    x, y = make_data()
+    x[20] = np.nan  # batch 1
+    model = keras.Sequential([keras.Input((4,)), layers.BatchNormalization(name="norm"), layers.Dense(3, name="logits"),
+                              LogSoftmax(name="log_probs")])
+    model.compile(optimizer="adam", loss=nll)
+    watch = nanlab.watch(model, on_nonfinite="skip")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[watch])
+    return dict(summary(watch.report), skipped=watch.history.skipped_steps,
+                trainable_finite=finite([ops.convert_to_numpy(v) for v in model.trainable_variables]))
+
+
 def scenario_with_form_is_refused():
     model = make_model()
     try:
@@ -305,6 +317,12 @@ def test_a_finite_loss_with_nan_gradients_names_the_weights_nearest_the_output(o
     assert outcome["text"].startswith("Step 0: the backward pass went non-finite at an unlocated op, and "
                                       "`logits/bias` was the first parameter")
     assert outcome["unchanged"] and outcome["iterations"] == 0
+
+
+def test_skip_says_when_the_bad_forward_pass_spoiled_non_trainable_state(on_jax):
+    outcome = result(on_jax, "a_nan_input_through_batchnorm_under_skip")
+    assert outcome["skipped"] == [1] and outcome["trainable_finite"]
+    assert "left non-trainable state non-finite (norm/moving_mean, norm/moving_variance)" in outcome["note"]
 
 
 def test_a_healthy_fit_is_bit_identical_with_and_without_the_watch(on_jax):

@@ -26,6 +26,8 @@ with a fresh ``make_train_function``, so a later ``fit`` without the watch is pl
 
 What the bad step's forward pass wrote is not undone: the non-trainable variables (BatchNorm's moving statistics,
 dropout's seed state) and fit's running metrics (the epoch's logged loss shows the NaN, as on the other backends).
+The report names the non-trainable variables that step left non-finite (a NaN input through BatchNorm under
+``skip``: its moving statistics stay NaN).
 
 Cost per step: one reduction over the gradients (their finiteness and global norm) inside the compiled step, two
 host callbacks with a few scalars, and one wait for them (``jax.effects_barrier``); no copy of the batch, the weights
@@ -263,6 +265,10 @@ class KerasJaxWatch(WatchSurface, keras.callbacks.Callback):
             report.parameter = bad_gradients[-1] if bad_gradients else None
             report.note = (f"Non-finite gradients: {', '.join(bad_gradients)}; the update was not applied. "
                            f"{NOT_LOCALISED}")
+        spoiled_state = self._nonfinite_state()
+        if spoiled_state:
+            report.note += (f" This step's forward pass left non-trainable state non-finite "
+                            f"({', '.join(spoiled_state)}), which the watch does not undo.")
         return report
 
     def _update_report(self, bad: list[str], found_at: int) -> NonFiniteReport:
@@ -278,6 +284,13 @@ class KerasJaxWatch(WatchSurface, keras.callbacks.Callback):
         history = self.core.history
         return NonFiniteReport(REPORT_FRAMEWORK, step, phase, losses=list(history.losses),
                                grad_norms=list(history.grad_norms))
+
+    def _nonfinite_state(self) -> list[str]:
+        """The floating non-trainable variables holding a non-finite value (read at a bad step only)."""
+        model = self.watched
+        prefix = f"{model.name}/"
+        return [v.path[len(prefix):] if v.path.startswith(prefix) else v.path for v in model.non_trainable_variables
+                if keras.backend.is_float_dtype(v.dtype) and not np.isfinite(keras.ops.convert_to_numpy(v.value)).all()]
 
     def _nonfinite_weights(self) -> list[str]:
         """The trainable weights holding a non-finite value (one host read of each; a bad step or fit's end only)."""
