@@ -43,9 +43,15 @@ turns ``"16-mixed"`` into ``"bf16-mixed"`` (no scaler).
 
 Under Lightning's DDP strategies the watch is given ``trainer.strategy.model`` (the ``DistributedDataParallel``
 wrapper), so that at a bad step the ranks agree as the torch watch's DDP support describes: every rank stops (or
-raises) at the same step with the report of the rank where the value appeared (tested with ``ddp_fork`` on two CPU
-processes). A non-finite loss with finite reduced gradients is then logged, not raised: a callback cannot fold the
-loss into the gradients as ``watch.loss_fn`` does.
+raises) at the same step with the report of the rank where the value appeared. Tested on two CPU processes (gloo)
+with ``ddp_fork``, and as a user launches it (``python train.py``, tests/test_host_ddp_lightning.py):
+``strategy="ddp"`` (Lightning re-runs the script for rank 1) with ``raise`` (``NonFiniteError`` out of ``fit`` on
+every rank, both processes end with it, no abort) and ``stop``, and ``strategy="ddp_spawn"`` with ``stop``. Under
+``ddp_spawn`` a ``raise`` ends the run as any exception in a spawned rank does: ``torch.multiprocessing`` terminates
+the other ranks (SIGTERM) as soon as the first one exits with the error, and the script gets a
+``ProcessRaisedException`` holding the report's text; ``stop`` ends every rank cleanly there. A non-finite loss with
+finite reduced gradients is then logged, not raised: a callback cannot fold the loss into the gradients as
+``watch.loss_fn`` does.
 
 Manual optimization (``automatic_optimization = False``): ``training_step`` steps the optimizers itself, so it is
 not replayed (that would update the weights); the check still runs before every ``optimizer.step()`` the user
