@@ -4,6 +4,8 @@
     python benchmarks/bench_hosts.py --quick               # fewer rounds and steps (a smoke run; noisy ratios)
     python benchmarks/bench_hosts.py --backend aot_eager   # compile without code generation (fast to compile)
     python benchmarks/bench_hosts.py --only trainer        # one host: trainer, lightning or compile
+    python benchmarks/bench_hosts.py --threads 1           # a shared 2-core machine (RESULTS.md's run): 2 threads
+                                                           # there oversubscribe the cores others also use
 
 Hosts and variants:
 - the Transformers ``Trainer`` training a tiny Llama built from its config (no download): the plain Trainer;
