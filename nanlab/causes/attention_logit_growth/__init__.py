@@ -68,9 +68,9 @@ CAUSE = Cause(
             hides_problem=True),
     ),
     frameworks=("torch", "tensorflow"),
-    steps=80,
+    steps=120,
     score_name="held-out accuracy",
-    pass_score=0.8,
+    pass_score=0.7,
     sources=(
         "Wortsman et al., ICLR 2024, Small-scale proxies for large-scale Transformer training instabilities: "
         "attention-logit growth at high learning rates, reproduced in small models; qk-layernorm and z-loss "
