@@ -21,14 +21,24 @@ def pytest_configure(config):
 
 # The quick tier (`pytest -m "not slow"`, `make test-quick`) leaves out what takes minutes. Whole kinds, by path,
 # so that new ones are slow from the start: every notebook nbval runs (any .ipynb), the reproduction contract (any
-# tests/test_contract*.py), the browser tests, the distributed watch and the trainers under DDP (test_host_ddp_*).
-SLOW_MODULES = ("test_contract", "test_browser.py", "test_watch_torch_distributed.py", "test_host_ddp_")
-# Single slow tests, as "module::test" (every parameter) or "module::test[id]" (that one), with the seconds each took
-# on 2 cores (OMP_NUM_THREADS=1, `pytest -m "not slow" --durations=25`): the ones that execute a notebook, the
-# MirroredStrategy fit, and a 10-seed TensorFlow comparison.
+# tests/test_contract*.py), the browser tests, the distributed watch, the trainers under DDP (test_host_ddp_*) and
+# Keras on JAX (one subprocess with every JAX case).
+SLOW_MODULES = ("test_contract", "test_browser.py", "test_watch_torch_distributed.py", "test_host_ddp_",
+                "test_host_keras_jax.py")
+# Single slow tests, as "module::test" (every parameter) or "module::test[id]" (that one), with the seconds each
+# took on 2 cores (OMP_NUM_THREADS=1, `pytest --durations=80`): the ones that execute a notebook
+# or build the handout or the site, the MirroredStrategy fit, the subprocesses that import every integration, and
+# TensorFlow comparisons over seeds; the quick tier keeps a faster test of each mechanism.
 SLOW_TESTS = {
     "test_notebooks.py::test_notebook_with_other_parameters_matches_the_cli": "24.9 s tensorflow, 12.7 s torch",
-    "test_student.py::test_a_real_student_copy_fails_only_in_its_exercises": "21.0 s tensorflow, 9.5 s pytorch",
+    "test_student.py::test_a_real_student_copy_fails_only_in_its_exercises": "100 s",
+    "test_student.py::test_the_handout_holds_every_notebook_without_solutions_and_every_file_they_read":
+        "15 s (building the handout)",
+    "test_links.py::test_make_site_builds_every_notebook_and_every_relative_link_opens_in_it": "25 s (the site)",
+    "test_causes_high_learning_rate.py::test_warmup_to_the_broken_rate_only_postpones_the_nan[tensorflow]": "22 s",
+    "test_watch_torch.py::test_nothing_under_frameworks_torch_imports_the_catalogue": "17 s",
+    "test_causes_optimizer_hyperparameters.py::test_keras_fit_with_adam_beta_1_of_one": "17 s",
+    "test_causes_math_ops.py::test_clip_logits_learns_the_classes_but_its_loss_stops_at_the_cap[tensorflow]": "9 s",
     "test_causes_labels_and_rnn.py::test_clip_by_value_keeps_runs_finite_but_learns_on_fewer_seeds_than_clip_by_norm"
     "[tensorflow]": "25.9 s",
     "test_watch_keras_lowlevel.py::test_fit_under_mirrored_strategy_on_two_logical_cpus": "7.5 s",
