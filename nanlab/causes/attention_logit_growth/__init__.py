@@ -70,7 +70,7 @@ CAUSE = Cause(
     frameworks=("torch", "tensorflow"),
     steps=120,
     score_name="held-out accuracy",
-    pass_score=0.7,
+    pass_score=0.65,
     sources=(
         "Wortsman et al., ICLR 2024, Small-scale proxies for large-scale Transformer training instabilities: "
         "attention-logit growth at high learning rates, reproduced in small models; qk-layernorm and z-loss "
