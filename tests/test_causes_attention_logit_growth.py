@@ -1,6 +1,7 @@
 """attention-logit-growth: the numbers its notebooks state (torch 2.13 / TF 2.21 / Keras 3 on CPU), its rule on
 built evidence beside fp16-overflow's, and nanlab.watch naming it on the recipe and on a program written
-differently (a four-head attention written with ``einsum`` in the user's own loop)."""
+differently (a four-head attention written with ``einsum`` in the user's own loop; Keras' MultiHeadAttention in
+``fit`` under mixed_float16)."""
 import math
 
 import numpy as np
@@ -210,3 +211,32 @@ def test_the_fixes_keep_the_logits_small(framework):
         history = get_framework(framework).loop.train(training, CAUSE.steps)
         assert history.first_nonfinite_step is None, setting
         assert CAUSE.judge_learning(history.losses, training.evaluate(training.model)), setting
+
+
+def test_a_keras_multi_head_attention_under_mixed_float16_in_fit_tensorflow(tf, keras):
+    """Not the recipe: Keras' own ``MultiHeadAttention`` layer (its query and key projections grown) in a functional
+    model trained with ``fit`` under the ``mixed_float16`` policy, Adam at 0.01 and ``callbacks=[nanlab.watch(model)]``
+    as a Keras user writes it."""
+    data = nanlab.causes.attention_logit_growth.make_data(1)
+    x, y = data.x_train[:128].astype("float32"), data.y_train[:128]
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(1)
+        tokens = keras.Input(x.shape[1:])
+        hidden = keras.layers.Dense(32)(tokens)
+        attended = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="self_attention")(hidden, hidden)
+        pooled = keras.layers.GlobalAveragePooling1D()(attended)
+        logits = keras.layers.Dense(4, dtype="float32")(pooled)
+        model = keras.Model(tokens, logits)
+        attention = model.get_layer("self_attention")
+        for projection in (attention.query_dense, attention.key_dense):
+            projection.kernel.assign(projection.kernel * 200.0)  # queries and keys that have grown
+        model.compile(optimizer=keras.optimizers.Adam(0.01),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with pytest.raises(nanlab.NonFiniteError) as raised:
+            model.fit(x, y, batch_size=32, epochs=10, shuffle=False, verbose=0, callbacks=[nanlab.watch(model)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = raised.value.report
+    assert (report.cause, report.phase, report.dtype) == (CAUSE.id, "forward", "float16"), str(report)
+    assert "attention" in report.module and report.op_family == OpFamily.MATMUL, str(report)

@@ -1,6 +1,7 @@
 """float8-range: the numbers its notebooks state (torch 2.13 / TF 2.21 on CPU: e4m3fn saturates in torch and turns
 NaN in TensorFlow, e5m2 overflows to inf past 61440), its rule on built evidence, and nanlab.watch naming it on the
-recipe in both frameworks and on a program written differently (float8 activations inside an MLP, user loop)."""
+recipe in both frameworks and on programs written differently (float8 activations inside an MLP: a torch user loop,
+a Keras layer in fit)."""
 import math
 
 import numpy as np
@@ -156,3 +157,29 @@ def test_float8_activations_inside_an_mlp_in_a_user_loop_torch(torch):
     report = raised.value.report
     assert (report.cause, report.dtype) == (CAUSE.id, "float8_e5m2"), str(report)
     assert math.isfinite(report.op_inputs[0].max_abs)
+
+
+def test_float8_activations_between_keras_layers_in_fit_tensorflow(tf, keras):
+    """Not the recipe: a Keras layer that stores the hidden activations in e5m2 between two Dense layers (cast there
+    and back with a straight-through gradient, as fake quantisation does), standardised inputs, regression targets
+    of order 1e4 and SGD in ``fit``, so the activations grow past 57344 (``callbacks=[nanlab.watch(model)]``)."""
+    e5m2 = tf.dtypes.experimental.float8_e5m2
+
+    class StoreE5M2(keras.layers.Layer):
+        def call(self, h):
+            @tf.custom_gradient
+            def stored(v):
+                return tf.cast(tf.cast(v, e5m2), v.dtype), lambda upstream: upstream
+            return stored(h)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 8)).astype("float32"), (rng.standard_normal((64, 1)) * 1e4).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64), StoreE5M2(name="store_e5m2"),
+                              keras.layers.ReLU(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    with pytest.raises(nanlab.NonFiniteError) as raised:
+        model.fit(x, y, batch_size=64, epochs=50, verbose=0, callbacks=[nanlab.watch(model)])
+    report = raised.value.report
+    assert (report.cause, report.dtype) == (CAUSE.id, "float8_e5m2"), str(report)
+    assert report.module == "store_e5m2" and math.isfinite(report.op_inputs[0].max_abs), str(report)
