@@ -86,9 +86,9 @@ CAST = dict(phase="forward", module="0", module_kind="Float8Linear", op="to", op
 
 @pytest.mark.parametrize("fields", [
     CAST,
-    dict(CAST, module="float8_dense", op="cast", value="-inf"),  # Keras
+    dict(CAST, module="float8_dense", op="cast", op_family=OpFamily.OTHER, value="-inf"),  # Keras
     dict(CAST, dtype="float8_e4m3fn", value="nan", op_inputs=[stats(500.0)]),  # TensorFlow's e4m3fn cast
-    dict(CAST, phase="backward", op="to", op_inputs=[stats(9.0e4)]),  # a gradient cast to e5m2
+    dict(CAST, phase="backward", op="to", op_family=OpFamily.OTHER, op_inputs=[stats(9.0e4)]),  # a gradient to e5m2
     dict(CAST, op="mul", op_family=OpFamily.ELEMENTWISE, op_inputs=[stats(300.0, "float8_e5m2"),
                                                                     stats(400.0, "float8_e5m2")]),  # a product
 ])
