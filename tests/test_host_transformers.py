@@ -138,6 +138,37 @@ def test_callbacks_form_raises_too(tmp_path):
     assert raised.value.report.step == 3
 
 
+@pytest.mark.parametrize("form", ["raise", "stop", "skip", "callbacks-raise"])
+def test_the_watch_lets_go_of_the_trainer_and_its_model(tmp_path, form):
+    """Trained inside a function, as a script's main() does: once it returns, the Trainer and its model are freed by
+    reference counting alone, as without the watch. A reference cycle through the watch would keep them (under DDP,
+    the process group and gloo's threads with them) alive until the garbage collector happens to run, perhaps only at
+    interpreter exit, where a live gloo process group can abort the rank (SIGABRT)."""
+    import gc
+    import weakref
+
+    def train():
+        model = tiny_llama()
+        callbacks = [WatchCallback(on_nonfinite="raise")] if form == "callbacks-raise" else []
+        trainer = Trainer(model=model, args=arguments(tmp_path), train_dataset=Stream(poisoned={13}),
+                          callbacks=callbacks)
+        watch = callbacks[0] if callbacks else nanlab.watch(trainer, on_nonfinite=form)
+        try:
+            trainer.train()
+        except nanlab.NonFiniteError:
+            pass
+        assert watch.report is not None and watch.report.step == 3
+        return weakref.ref(trainer), weakref.ref(model), weakref.ref(watch)
+
+    gc.collect()
+    gc.disable()  # only reference counting frees what train() held
+    try:
+        held = train()
+        assert [ref() is None for ref in held] == [True, True, True], [type(ref()).__name__ for ref in held]
+    finally:
+        gc.enable()
+
+
 def test_healthy_run_is_bit_identical_under_the_watch(tmp_path):
     def run(watched):
         model = tiny_llama(broken_token=False)

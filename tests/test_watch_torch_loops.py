@@ -173,6 +173,41 @@ def test_the_watch_surface_and_a_json_report():
     assert (record["phase"], record["samples"], record["optimizer"]["kind"]) == ("data", [7], "SGD")
 
 
+@pytest.mark.parametrize("policy", ["raise", "stop", "skip"])
+def test_the_watch_lets_go_of_the_model_and_optimizer_once_the_loop_returns(policy):
+    """Trained in a function with ``with nanlab.watch(...)``: once it returns, reference counting alone frees the
+    model, the optimizer and the watch, a NonFiniteError caught inside included. A cycle through the watch would keep a
+    DDP model and its process group alive until the garbage collector runs (see test_host_ddp_transformers.py)."""
+    import gc
+    import weakref
+
+    def train():
+        model = classifier()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        try:
+            with nanlab.watch(model, optimizer, F.cross_entropy, on_nonfinite=policy) as watch:
+                for step in range(4):
+                    x, y = data(step)
+                    if step == 2:
+                        x[1, 0] = float("inf")
+                    optimizer.zero_grad()
+                    watch.loss_fn(model(x), y).backward()
+                    optimizer.step()
+        except nanlab.NonFiniteError:
+            pass
+        assert watch.report is not None and watch.report.step == 2
+        return weakref.ref(model), weakref.ref(optimizer), weakref.ref(watch)
+
+    train()  # a process's first optimizer may cache an import-time traceback that holds the calling frame
+    gc.collect()
+    gc.disable()  # only reference counting frees what train() held
+    try:
+        held = train()
+        assert [ref() is None for ref in held] == [True, True, True], [type(ref()).__name__ for ref in held]
+    finally:
+        gc.enable()
+
+
 def test_unknown_options_and_policies_are_one_line_errors():
     model = classifier()
     with pytest.raises(nanlab.NanlabError, match="unknown nanlab.watch option 'on_nan'"):

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 
 from nanlab.frameworks.torch.hosts import HostSurface
 from nanlab.errors import NanlabError
@@ -101,12 +102,21 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
                  min_loss_scale: float = 1.0, policy: WatchPolicy | None = None, trainer=None):
         self.policy = policy or WatchPolicy(on_nonfinite=on_nonfinite, max_skips=max_skips,
                                             overflow_patience=overflow_patience, min_loss_scale=min_loss_scale)
-        self.trainer = trainer
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
         self.watch: Watch | None = None
         self._restore_loss = None
         self._outside_loss: str | None = None
 
-    # -- the surface every watch shares ---------------------------------------------------------------------------
+    @property
+    def trainer(self):
+        """The Trainer of ``nanlab.watch(trainer)``, None in the callbacks form. Held weakly: the Trainer holds this
+        callback, and a reference back would make a cycle that keeps the Trainer, its ``DistributedDataParallel``
+        wrapper and the process group alive after the script lets go of them, until the garbage collector happens to
+        run. A process group still alive at interpreter exit keeps gloo's threads running, and
+        ``destroy_process_group()`` does not stop them while a reference remains: at exit a rank may then abort
+        (``terminate called without an active exception``, SIGABRT)."""
+        return self._trainer() if self._trainer is not None else None
+
     # -- the Trainer's events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None:
@@ -157,7 +167,11 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
             self.watch.__exit__(kind, error, traceback)
 
     def _note(self, args, unrecorded: str | None):
-        """The report's remarks only the Trainer's host knows: its logging filter, a loss the watch did not see."""
+        """The report's remarks only the Trainer's host knows: its logging filter, a loss the watch did not see.
+
+        The remark closes over values, not over this callback: the Watch keeps it, and a callback it referred back to
+        would make a cycle that holds the model (see ``trainer``)."""
+        callbacks_form = self.trainer is None
 
         def note(report: NonFiniteReport, loss: float | None) -> str | None:
             sentences = []
@@ -167,7 +181,7 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
                     f"logging_nan_inf_filter (on by default) logs a non-finite loss ({loss:g} here) as the mean of "
                     "the finite losses since the last log (0.0 right after a log), so its log would have shown a "
                     "finite loss beside grad_norm nan.")
-            if self.trainer is None and loss is None:
+            if callbacks_form and loss is None:
                 sentences.append(
                     "The model returned no loss: a loss the Trainer computes outside the model (compute_loss_func, "
                     "label smoothing) is out of a callback's reach; nanlab.watch(trainer) checks and replays it.")
