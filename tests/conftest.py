@@ -76,3 +76,16 @@ def keras():
     from nanlab.frameworks.tensorflow.backend import keras
 
     return keras
+
+
+@pytest.fixture
+def refcounting_only():
+    """The cyclic garbage collector off for the test: what it frees, reference counting alone freed. A test that
+    asserts an object is gone after a function returned then fails on a reference cycle, instead of passing whenever
+    the collector happened to run."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()

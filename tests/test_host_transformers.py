@@ -139,12 +139,11 @@ def test_callbacks_form_raises_too(tmp_path):
 
 
 @pytest.mark.parametrize("form", ["raise", "stop", "skip", "callbacks-raise"])
-def test_the_watch_lets_go_of_the_trainer_and_its_model(tmp_path, form):
+def test_the_watch_lets_go_of_the_trainer_and_its_model(tmp_path, form, refcounting_only):
     """Trained inside a function, as a script's main() does: once it returns, the Trainer and its model are freed by
     reference counting alone, as without the watch. A reference cycle through the watch would keep them (under DDP,
     the process group and gloo's threads with them) alive until the garbage collector happens to run, perhaps only at
     interpreter exit, where a live gloo process group can abort the rank (SIGABRT)."""
-    import gc
     import weakref
 
     def train():
@@ -160,13 +159,8 @@ def test_the_watch_lets_go_of_the_trainer_and_its_model(tmp_path, form):
         assert watch.report is not None and watch.report.step == 3
         return weakref.ref(trainer), weakref.ref(model), weakref.ref(watch)
 
-    gc.collect()
-    gc.disable()  # only reference counting frees what train() held
-    try:
-        held = train()
-        assert [ref() is None for ref in held] == [True, True, True], [type(ref()).__name__ for ref in held]
-    finally:
-        gc.enable()
+    held = train()
+    assert [ref() is None for ref in held] == [True, True, True], [type(ref()).__name__ for ref in held]
 
 
 def test_healthy_run_is_bit_identical_under_the_watch(tmp_path):
