@@ -226,6 +226,9 @@ class Watch(WatchSurface):
             bad = self._nonfinite_weights()
             if bad:  # found once training is over: nothing left to drop or stop, whatever the policy
                 self.core.fault_at_end(lambda: self._update_report(bad, found_at=None))
+        # A host's note (a bound method, a closure) may refer back to the host adapter, which holds this watch: let it
+        # go, so that no cycle keeps the model (under DDP its process group) alive once training is over.
+        self.host_notes.clear()
 
     # -- what each step records ----------------------------------------------------------------------------------
     def loss_fn(self, output, target, *args, **kwargs):

@@ -167,11 +167,7 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
             self.watch.__exit__(kind, error, traceback)
 
     def _note(self, args, unrecorded: str | None):
-        """The report's remarks only the Trainer's host knows: its logging filter, a loss the watch did not see.
-
-        The remark closes over values, not over this callback: the Watch keeps it, and a callback it referred back to
-        would make a cycle that holds the model (see ``trainer``)."""
-        callbacks_form = self.trainer is None
+        """The report's remarks only the Trainer's host knows: its logging filter, a loss the watch did not see."""
 
         def note(report: NonFiniteReport, loss: float | None) -> str | None:
             sentences = []
@@ -181,7 +177,7 @@ class WatchCallback(HostSurface, transformers.TrainerCallback):
                     f"logging_nan_inf_filter (on by default) logs a non-finite loss ({loss:g} here) as the mean of "
                     "the finite losses since the last log (0.0 right after a log), so its log would have shown a "
                     "finite loss beside grad_norm nan.")
-            if callbacks_form and loss is None:
+            if self.trainer is None and loss is None:
                 sentences.append(
                     "The model returned no loss: a loss the Trainer computes outside the model (compute_loss_func, "
                     "label smoothing) is out of a callback's reach; nanlab.watch(trainer) checks and replays it.")
