@@ -22,7 +22,8 @@ Every figure keeps these rules (tests/test_plot.py checks them on the matplotlib
   lower part and shows the climb above them on a compressed log scale, in a grey band named in the legend (a
   linear axis keeps the other runs' range and puts the off-scale points on its edge as triangles, the peak
   written in the legend); no note is ever written on the data;
-- text is sized for a projector (``FONT_SIZES``: tick labels 12 pt, legends 12 pt, titles 14 pt);
+- text is sized for a projector (``FONT_SIZES``: tick labels 12 pt, legends 12 pt, titles 14 pt), and
+  ``projector_text()`` gives a notebook's own figures the same sizes;
 - a few points far below the rest (a gradient norm of 1e-17 among norms of 1e-2 to 1e4) or exact zeros do not
   stretch a log axis: they sit on its bottom edge as triangles, the lowest value written in the legend;
 - long runs whose values swing over decades from one step to the next (minibatch losses that drop to ~0 and jump
@@ -70,6 +71,10 @@ SAME_CURVE = 1e-6  # runs whose every value agrees to this relative tolerance ar
 OVERLAP = 0.012  # curves closer than this share of the axis height (a line's width) hide one another
 CLIMB_SHARE = 0.3  # the share of a log axis's height given to the broken run's compressed climb
 FONT_SIZES = {"tick": 12, "label": 13, "title": 14, "legend": 12, "suptitle": 15, "note": 12}  # points
+PROJECTOR_RC = {"font.size": FONT_SIZES["note"], "xtick.labelsize": FONT_SIZES["tick"],
+                "ytick.labelsize": FONT_SIZES["tick"], "axes.labelsize": FONT_SIZES["label"],
+                "axes.titlesize": FONT_SIZES["title"], "legend.fontsize": FONT_SIZES["legend"],
+                "figure.titlesize": FONT_SIZES["suptitle"]}  # FONT_SIZES as matplotlib rc settings
 
 
 @dataclass
@@ -574,6 +579,15 @@ def _font(ax: Axes) -> None:
     ax.xaxis.label.set_size(FONT_SIZES["label"])
     ax.yaxis.label.set_size(FONT_SIZES["label"])
     ax.title.set_size(FONT_SIZES["title"])
+
+
+def projector_text():
+    """A context in which hand-drawn figures get the projector-sized text of this module's own figures.
+
+    ``with projector_text(): fig, ax = plt.subplots() ...``: matplotlib's defaults (10 pt) are unreadable from
+    the back of a room; this is ``plt.rc_context(PROJECTOR_RC)``, so nothing outside the ``with`` changes.
+    """
+    return plt.rc_context(PROJECTOR_RC)
 
 
 def _spans_decades(values: list[float]) -> bool:

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import nanlab  # noqa: E402
-from nanlab.plot import (BROKEN_COLOUR, _finite_points, plot_comparison, plot_grad_norm, plot_loss,  # noqa: E402
-                         plot_scores, set_symlog)
+from nanlab.plot import (BROKEN_COLOUR, FONT_SIZES, _finite_points, plot_comparison, plot_grad_norm,  # noqa: E402
+                         plot_loss, plot_scores, set_symlog)
 from nanlab.run import Run  # noqa: E402
 
 NAN = float("nan")
@@ -438,3 +438,16 @@ def test_runs_merged_on_one_panel_but_apart_on_the_other_get_colours_of_their_ow
     for ax in figure.axes[:2]:
         colours = {line.get_label(): line.get_color() for line in data_lines(ax)}
         assert sorted(colours) == ["a = b (same curve)", "c"] and len(set(colours.values())) == 2, colours
+
+
+def test_projector_text_sizes_a_hand_drawn_figure_like_the_package_figures_and_only_inside_the_with():
+    default_ticks = plt.rcParams["xtick.labelsize"]
+    with nanlab.plot.projector_text():
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 2], label="run")
+        ax.set_title("title")
+        legend = ax.legend()
+    assert ax.xaxis.get_majorticklabels()[0].get_fontsize() == FONT_SIZES["tick"]
+    assert ax.title.get_fontsize() == FONT_SIZES["title"]
+    assert legend.get_texts()[0].get_fontsize() == FONT_SIZES["legend"]
+    assert plt.rcParams["xtick.labelsize"] == default_ticks != FONT_SIZES["tick"]
