@@ -3,9 +3,9 @@
 Each test opens a notebook, runs all its cells from the Run menu, saves it, and checks that no dialog asked for a
 kernel, that no cell failed except those tagged ``raises-exception``, and that every figure rendered as an image
 the browser decoded. Two more click links as a student does: 00-start-here's triage map opens its notebook, and
-a glossary link opens the glossary, in JupyterLab serving notebooks/ as `make lab` does. And `make slides` decks
-are measured at 1280x720, every slide: nothing wider than the screen, no text under 20 px, each figure alone on its
-slide and whole on screen. Screenshots go to ``results/screenshots/`` (or ``$NANLAB_SCREENSHOTS``).
+a glossary link opens the glossary at its term, in JupyterLab serving notebooks/ as `make lab` does. And `make
+slides` decks are measured at 1280x720, every slide: nothing wider than the screen, no text under 20 px, each figure
+alone on its slide and whole on screen. Screenshots go to ``results/screenshots/`` (or ``$NANLAB_SCREENSHOTS``).
 
 Needs Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs it) and the ``playwright`` package,
 which drives that Chromium (its own browser download is not used). Without them the tests skip and say why.
@@ -69,30 +69,30 @@ def browser():
         browser.close()
 
 
-def _lab_settings(folder: pathlib.Path) -> None:
-    """Render every cell (no windowing, so every figure is in the page) and ask nothing about news."""
-    for plugin, values in {"notebook-extension/tracker": '{"windowingMode": "none"}',
-                           "apputils-extension/notification": '{"fetchNews": "false"}'}.items():
+def _lab_settings(folder: pathlib.Path, windowing: str | None) -> None:
+    """Ask nothing about news; ``windowing="none"`` renders every cell, so that every figure is in the page."""
+    settings = {"apputils-extension/notification": '{"fetchNews": "false"}'}
+    if windowing is not None:
+        settings["notebook-extension/tracker"] = f'{{"windowingMode": "{windowing}"}}'
+    for plugin, values in settings.items():
         path = folder / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(values)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, browser):
-    """JupyterLab serving a copy of notebooks/; yields (base URL, served folder)."""
+def _served_copy(tmp_path_factory) -> pathlib.Path:
     served = tmp_path_factory.mktemp("lab") / "notebooks"
     shutil.copytree(ROOT / "notebooks", served, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     for folder in ("benchmarks", "docs"):  # the notebooks read ../../benchmarks/RESULTS.md, as in the repository
         (served.parent / folder).symlink_to(ROOT / folder, target_is_directory=True)
-    for name in NOTEBOOKS:  # served without outputs, so that every prompt and figure the test sees is this run's
-        notebook = nbformat.read(served / name, as_version=4)
-        for cell in notebook.cells:
-            if cell.cell_type == "code":
-                cell.outputs, cell.execution_count = [], None
-        nbformat.write(notebook, served / name)
+    return served
+
+
+def _serve(tmp_path_factory, served: pathlib.Path, windowing: str | None):
+    """Start JupyterLab on ``served`` as `make lab` does, with a fresh user-settings folder (``windowing``: the
+    notebook windowing mode, None for JupyterLab's default); yields the base URL."""
     settings = tmp_path_factory.mktemp("lab-settings")
-    _lab_settings(settings / "settings")
+    _lab_settings(settings / "settings", windowing)
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(settings / "workspaces"), CUDA_VISIBLE_DEVICES="")
     port = _free_port()
@@ -109,10 +109,32 @@ def lab(tmp_path_factory, browser):
                 server.terminate()
                 pytest.fail(f"JupyterLab did not start: {(settings / 'lab.log').read_text()[-2000:]}")
             time.sleep(0.5)
-    yield url, served
+    yield url
     server.terminate()
     server.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, browser):
+    """JupyterLab serving a copy of notebooks/, every cell rendered; yields (base URL, served folder)."""
+    served = _served_copy(tmp_path_factory)
+    for name in NOTEBOOKS:  # served without outputs, so that every prompt and figure the test sees is this run's
+        notebook = nbformat.read(served / name, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(notebook, served / name)
+    for url in _serve(tmp_path_factory, served, windowing="none"):
+        yield url, served
+
+
+@pytest.fixture(scope="module")
+def lab_as_installed(tmp_path_factory, browser):
+    """JupyterLab with its own default settings (a student's), serving a copy of notebooks/ as committed."""
+    served = _served_copy(tmp_path_factory)
+    for url in _serve(tmp_path_factory, served, windowing=None):
+        yield url, served
 
 
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in front
@@ -329,16 +351,24 @@ def test_a_triage_map_link_opens_its_notebook_in_jupyterlab(lab, browser):
     page.close()
 
 
-def test_a_glossary_link_opens_the_glossary(lab, browser):
-    """The link at pytorch/06's first use of "spectral radius" opens the glossary, which has that heading.
-    JupyterLab 4.6 opens a notebook linked with a #heading at its top (measured here: the heading stays ~3500 px
-    down, with windowing on or off); the glossary's first cell lists every term as a link within the page."""
-    url, served = lab
+def test_a_glossary_link_opens_the_glossary_at_its_term(lab_as_installed, browser):
+    """The link at pytorch/06's first use of "spectral radius" opens the glossary scrolled to that entry, ~3,500 px
+    down, in JupyterLab as a student has it. The link is ``glossary.ipynb#cell-id=Spectral-radius``: a link to
+    ``#Spectral-radius`` (the heading) opens the glossary at its top, measured in JupyterLab 4.6, since it is
+    looked for before the cells render (tests/test_links.py keeps every link into another notebook a cell-id)."""
+    url, served = lab_as_installed
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     _open(page, url, "pytorch/06-exploding-rnn-gradients.ipynb")
-    _click_link(page, "glossary.ipynb#Spectral-radius", opens="Path: glossary.ipynb")
-    page.locator(f'{PANEL} [data-jupyter-id="Spectral-radius"]').first.wait_for(state="attached", timeout=30_000)
-    page.locator(f'{PANEL} a[href$="#Spectral-radius"]').first.wait_for(timeout=30_000)  # the term list's link
+    _click_link(page, "glossary.ipynb#cell-id=Spectral-radius", opens="Path: glossary.ipynb")
+    heading = page.locator(f'{PANEL} [data-jupyter-id="Spectral-radius"]').first
+    heading.wait_for(state="attached", timeout=30_000)
+    page.wait_for_function(  # the entry's heading in view, below the toolbar and above the window's bottom
+        f"""() => {{ const panel = document.querySelector('{PANEL} .jp-Notebook').getBoundingClientRect();
+                    const top = document.querySelector('{PANEL} [data-jupyter-id="Spectral-radius"]')
+                                        .getBoundingClientRect().top;
+                    return top >= panel.top && top < Math.min(panel.bottom, window.innerHeight) - 40; }}""",
+        timeout=30_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "glossary-link-opened.png"))
     assert _front_tab_path(page) == "glossary.ipynb"
     page.close()

@@ -4,8 +4,11 @@ site `make site` builds. And the glossary is linked where a notebook first uses 
 Links are read the way a reader meets them: the markdown cells and the markdown and HTML outputs (00-start-here's
 triage map is an output), rendered to HTML by nbconvert's markdown renderer. A link resolves in JupyterLab when its
 target lies inside the folder JupyterLab serves (read from `make -n lab` through jupyter_server's own command-line
-parsing) and exists; a ``#fragment`` must name a heading of the target, whose id JupyterLab makes from the heading's
-text with spaces turned into dashes. In the site the same links must point at built pages and ids in them.
+parsing) and exists. A ``#fragment`` into another notebook must be ``#cell-id=ID``, the id of the target's heading
+cell: JupyterLab 4 opens a notebook linked as ``other.ipynb#Heading-text`` at its top (it looks for the heading
+before the cells have rendered), and scrolls to ``#cell-id=ID`` (tests/test_browser.py clicks one); nbconvert gives
+each cell of the site the same ``id="cell-id=ID"``. A fragment within a page may name a heading (its id is the
+heading's text with spaces turned into dashes). In the site the same links must point at built pages and ids in them.
 """
 import contextlib
 import functools
@@ -113,6 +116,17 @@ def lab_anchors(notebook: pathlib.Path) -> set[str]:
     return {heading.replace(" ", "-") for part in rendered(notebook) for heading in _parse(part).headings}
 
 
+@functools.cache
+def heading_cells(notebook: pathlib.Path) -> dict[str, str]:
+    """``cell-id=ID`` fragments of a notebook's cells that open with a heading, each with that heading's id."""
+    found = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        headings = _parse(markdown2html_mistune(cell.source)).headings if cell.cell_type == "markdown" else []
+        if headings:
+            found[f"cell-id={cell.id}"] = headings[0].replace(" ", "-")
+    return found
+
+
 def _make_dry_run(target: str) -> list[str]:
     """The command lines `make -n TARGET` would run, without building the environment first."""
     lines = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True,
@@ -165,15 +179,37 @@ def test_every_relative_link_opens_in_jupyterlab(notebook):
             broken.append(f"{link}: outside the folder JupyterLab serves ({root.relative_to(ROOT)}/)")
         elif not target.exists():
             broken.append(f"{link}: no such file")
-        elif (parsed.fragment and target.suffix == ".ipynb"
-              and urllib.parse.unquote(parsed.fragment) not in lab_anchors(target)):
-            broken.append(f"{link}: no heading #{parsed.fragment} in {target.name}")
+        elif parsed.fragment and target.suffix == ".ipynb":
+            fragment = urllib.parse.unquote(parsed.fragment)
+            if target != notebook and fragment in lab_anchors(target):
+                cell = next((key for key, heading in heading_cells(target).items() if heading == fragment), None)
+                broken.append(f"{link}: JupyterLab opens {target.name} at its top, not at #{fragment}: link "
+                              f"#{cell or 'cell-id=ID'} (give the heading's cell a readable id if it has none)")
+            elif fragment not in (heading_cells(target) if target != notebook else lab_anchors(target)):
+                broken.append(f"{link}: no {'heading cell' if target != notebook else 'heading'} #{fragment} "
+                              f"in {target.name}")
     assert not broken, broken
 
 
+def test_cells_linked_by_id_carry_readable_ids():
+    """A link reads ``glossary.ipynb#cell-id=Spectral-radius``, not a random id: a linked heading cell's id is its
+    heading's id, so the source of a link says where it goes."""
+    unreadable = []
+    for notebook in NOTEBOOKS:
+        for link in relative_links(notebook):
+            parsed = urllib.parse.urlparse(link)
+            fragment = urllib.parse.unquote(parsed.fragment)
+            target = served_target(lab_root(), notebook, parsed.path)
+            if fragment.startswith("cell-id=") and target is not None and target.exists():
+                heading = heading_cells(target).get(fragment)
+                if heading is not None and fragment != f"cell-id={heading}":
+                    unreadable.append(f"{notebook.name}: {link}: give that cell the id {heading!r}")
+    assert not unreadable, unreadable
+
+
 def test_the_glossary_defines_every_term_and_each_is_linked_at_its_first_use():
-    anchors = lab_anchors(GLOSSARY)
-    assert not [entry for entry in GLOSSARY_ENTRIES if entry not in anchors]
+    anchors = heading_cells(GLOSSARY)
+    assert not [entry for entry in GLOSSARY_ENTRIES if anchors.get(f"cell-id={entry}") != entry]
     protected = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$]*\$|\]\([^)]*\)|<[^>]+>|^#[^\n]*", re.S | re.M)
     unlinked = []
     for name, terms in FIRST_USE.items():
@@ -183,7 +219,7 @@ def test_the_glossary_defines_every_term_and_each_is_linked_at_its_first_use():
                              else match.group(0), "\n\n".join(cells))
         for term, anchor in terms:
             first = re.search(rf"(?<![\w/-]){re.escape(term)}(?![\w/-])", text, re.I)
-            link = f"]({'' if name.count('/') == 0 else '../'}glossary.ipynb#{anchor})"
+            link = f"]({'' if name.count('/') == 0 else '../'}glossary.ipynb#cell-id={anchor})"
             if first is None or not text.startswith(f"[{first.group(0)}{link}", first.start() - 1):
                 unlinked.append(f"{name}: {term!r} is not linked to the glossary (#{anchor}) at its first use")
     assert not unlinked, unlinked
