@@ -91,7 +91,8 @@ def gradient_norm(gradients: list[tf.Tensor | None]) -> tf.Tensor:
 
 
 # The loop's copy of gradient_norm as one graph: eagerly it is three ops per variable, each dispatched from Python
-# (about 3 ms a step for a 42-variable model); traced once per model, the same kernels give the same float64 norm.
+# (about 3 ms a step for a 42-variable model); traced once per model it gives the same float64 norm to within its
+# rounding (measured over every TF cause: equal, or at most 2.2e-16 apart relative). Training never reads it.
 compiled_gradient_norm = tf.function(gradient_norm, reduce_retracing=True)
 
 
