@@ -1,8 +1,8 @@
 # make reproduce : build the environment, reproduce every cause in both frameworks, print the table, save plots
 # make test      : build the environment, lint (ruff), run the package tests, every notebook (nbval) and the contract
-#                  (3 seeds)
+#                  (3 seeds), on TEST_WORKERS pytest-xdist workers (default 2, one a core on CI's 2 cores)
 # make test-quick: lint and the quick tier, pytest -m "not slow": the package tests without the notebooks, the
-#                  contract, the browser and the distributed tests (3 min 35 s measured on 2 cores)
+#                  contract, the browser and the distributed tests, on the same workers (2 min 15 s measured on 2 cores)
 # make lab       : open JupyterLab on the start-here notebook, serving notebooks/ (as root too, e.g. in a
 #                  container)
 # make student   : the handout: build/student/ and build/nanlab-student.zip (notebooks without solutions, the files
@@ -42,13 +42,18 @@ $(VENV)/.installed: pyproject.toml
 reproduce: env
 	$(BIN)/nanlab verify --seeds 1 --device $(DEVICE) --plots results/plots --json results/reproduce.json
 
+# --dist loadfile: whole files to a worker (module fixtures run once, a notebook's cells in one kernel), with the
+# exceptions tests/conftest.py gives (the launches of two ranks one after another, the contract a test at a time)
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 test: env
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-quick: env
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # JupyterLab serves notebooks/: links between notebooks are relative to their own folder and stay inside it
 # (tests/test_links.py)

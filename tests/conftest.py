@@ -11,6 +11,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Under pytest-xdist (`make test`, `make test-quick`: `-n 2`, one worker a core) each worker keeps torch to one
+# thread (and its subprocesses, which inherit it): with torch's default of a thread a core, two workers would run
+# four threads on two cores. Set before any test imports torch (xdist sets the variable before conftest loads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_configure(config):
@@ -53,6 +58,38 @@ def pytest_collection_modifyitems(config, items):
         if (path.suffix == ".ipynb" or path.name.startswith(SLOW_MODULES)
                 or f"{path.name}::{test}" in SLOW_TESTS or f"{path.name}::{item.name}" in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
+
+
+# pytest-xdist's `--dist loadfile` (`make test`, `make test-quick`: `-n 2`) hands each worker whole files, so a
+# module-scoped fixture (a launch, a built site, a subprocess of every case) runs once, and a notebook's cells stay
+# in one kernel in order. Two changes to it:
+# - the launches of two processes each (torchrun, accelerate launch, Lightning's DDP scripts, the distributed watch)
+#   are one unit, run one after another on one worker: two launches side by side would start four ranks on two
+#   cores, and `accelerate launch` starts from the fixed port 29500 (another launch's port, taken between its
+#   check and its bind, would fail the launch);
+# - the reproduction contract goes out a test at a time: its tests share no fixture, and as one file it alone would
+#   outlast everything else on the other worker.
+LAUNCHES = ("test_watch_torch_distributed.py", "test_host_ddp_")
+ONE_TEST_AT_A_TIME = ("test_contract",)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith(LAUNCHES):
+                return "the launches"
+            if name.startswith(ONE_TEST_AT_A_TIME):
+                return nodeid
+            return path
+
+    return Scheduling(config, log)
 
 
 # The frameworks as fixtures: a test that asks for one is skipped where it is not installed, and TensorFlow is
