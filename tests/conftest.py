@@ -60,6 +60,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+# What the test modules imported (torch, TensorFlow, Keras, Transformers: about a million objects) is never garbage,
+# yet every full collection of the cyclic garbage collector walks it again; frozen after collection, the collector
+# walks only what the tests make. Measured on the quick tier (2 workers, 2 cores): collections of 0.4-14 s each,
+# 67 s of the workers' 233 s; 135 s -> 108 s wall with the freeze. Reference counting still frees everything, and
+# what a test creates is collected as before (the refcounting_only fixture's gc.collect() included).
+def pytest_collection_finish(session):
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 # pytest-xdist's `--dist loadfile` (`make test`, `make test-quick`: `-n 2`) hands each worker whole files, so a
 # module-scoped fixture (a launch, a built site, a subprocess of every case) runs once, and a notebook's cells stay
 # in one kernel in order. Two changes to it:
