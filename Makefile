@@ -2,7 +2,7 @@
 # make test      : build the environment, lint (ruff), run the package tests, every notebook (nbval) and the contract
 #                  (3 seeds), on TEST_WORKERS pytest-xdist workers (default 2, one a core on CI's 2 cores)
 # make test-quick: lint and the quick tier, pytest -m "not slow": the package tests without the notebooks, the
-#                  contract, the browser and the distributed tests, on the same workers (2 min 15 s measured on 2 cores)
+#                  contract, the browser and the distributed tests, on the same workers (1 min 54 s measured on 2 cores)
 # make lab       : open JupyterLab on the start-here notebook, serving notebooks/ (as root too, e.g. in a
 #                  container)
 # make student   : the handout: build/student/ and build/nanlab-student.zip (notebooks without solutions, the files
