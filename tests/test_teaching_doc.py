@@ -8,11 +8,12 @@ from tools import notebook_timings, student_minutes, symptom_table
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TEACHING = (ROOT / "docs" / "teaching.md").read_text()
-# The project's rule is 20 s. Measured on a quiet 2-core machine (docs/teaching.md, re-timed 2026-12-07): tensorflow/09
-# 27.9 s (eight training runs, each tracing its functions afresh, 0.5-1.6 s a first step), tensorflow/18 25.0 s
-# (eager Keras steps; enable_check_numerics alone 3.4 s), tensorflow/06 21.6 s, tensorflow/01 21.3 s. The bound is
-# 30 s until those are made faster (said on issue 18 as work left), not a new rule.
-NOTEBOOK_RULE_SECONDS = 30.0
+# The project's rule is 20 s. Measured on a quiet 2-core machine (docs/teaching.md, re-timed 2026-12-08, after the
+# TensorFlow loop's gradient norm became one compiled graph): tensorflow/09 23.0 s (eight training runs, each tracing
+# its functions afresh, 0.5-1.6 s a first step), tensorflow/18 20.0 s (eager Keras steps; enable_check_numerics alone
+# 3.4 s), every other notebook under 20 s. The bound is 25 s until those two are made faster (said on issue 18 as
+# work left), not a new rule.
+NOTEBOOK_RULE_SECONDS = 25.0
 
 
 def test_the_timings_table_times_every_notebook_within_the_20_second_rule():

@@ -5,10 +5,9 @@ Usage: python -m tools.notebook_timings                          (print the tabl
        python -m tools.notebook_timings --write docs/teaching.md --only pytorch/16-degenerate-statistics ...
                                                        (time those again; the other rows are kept as they are)
 
-Each notebook runs top to bottom in a fresh kernel on the CPU, from a temporary copy of ``notebooks/`` (with the
-``benchmarks/`` and ``docs/`` it reads beside it; the committed files are left as they are), one at a time. Beside
-each time the table gives the machine's 1-minute load average when the notebook finished, so that a reader can tell
-a quiet measurement from a shared machine's.
+Each notebook runs top to bottom in a fresh kernel on the CPU, from a temporary copy of ``notebooks/`` (the
+committed files are left as they are), one at a time. Beside each time the table gives the machine's 1-minute load
+average when the notebook finished, so that a reader can tell a quiet measurement from a shared machine's.
 """
 from __future__ import annotations
 
@@ -39,9 +38,9 @@ def measure(only: set[str] | None = None) -> list[tuple[str, float, float]]:
     those named in ``only``."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for part in ("notebooks", "benchmarks", "docs"):  # notebooks read ../../benchmarks/RESULTS.md
-            shutil.copytree(ROOT / part, pathlib.Path(folder) / part,
-                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        # notebooks/ alone, as a handout has it (a notebook reads no file of the repository outside it)
+        shutil.copytree(ROOT / "notebooks", pathlib.Path(folder) / "notebooks",
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         copy = pathlib.Path(folder) / "notebooks"
         for path in notebooks(copy):
             if only is not None and str(path.relative_to(copy).with_suffix("")) not in only:
