@@ -1,106 +1,19 @@
 """nanlab.watch(model) for Keras 3 on the torch backend, tested the way a Keras user trains: a compiled model,
 model.fit(x, y, callbacks=[nanlab.watch(model)]).
 
-KERAS_BACKEND must be set before Keras is imported, and this test process has Keras on TensorFlow, so each backend
-runs in its own Python process: the scenarios below are one training script each (functions of one script, run
-once per backend), which prints what it saw as JSON.
-
-The model is a classifier whose log-probabilities are written by hand, log(softmax(z)) as its own layer: two
-samples with huge inputs make a probability underflow to exactly 0 in the third batch, and log(0) is -inf.
+Each backend runs in its own Python process (tests/keras_backend_script.py: KERAS_BACKEND must be set before Keras
+is imported, and this test process has Keras on TensorFlow): the scenarios below are functions of one script, run
+once per backend, which prints what it saw as JSON. The NaN: log(0) from a probability that underflows, at step 2.
 """
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
+
+from tests.keras_backend_script import result, run_script
 
 # Neither is imported here (Keras would load TensorFlow into this process): the scripts import them.
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("keras") is None:
     pytest.skip("needs torch and keras", allow_module_level=True)
-
-SCRIPT = '''
-import json, os, sys, traceback
-os.environ["KERAS_BACKEND"] = "{backend}"
-import numpy as np
-import keras
-from keras import layers, ops
-import nanlab
-
-
-class LogSoftmax(layers.Layer):
-    """log(softmax(z)) written by hand: a probability that underflows to 0 gives -inf."""
-
-    def call(self, z):
-        return ops.log(ops.softmax(z))
-
-
-def nll(y_true, log_probs):
-    picked = ops.take_along_axis(log_probs, ops.cast(ops.reshape(y_true, (-1, 1)), "int32"), axis=1)
-    return -ops.mean(picked)
-
-
-def make_model(dropout=0.0):
-    model = keras.Sequential([
-        keras.Input((4,)),
-        layers.Dense(8, activation="relu", name="hidden",
-                     kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
-        layers.Dropout(dropout, seed=2),
-        layers.Dense(3, name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed=3)),
-        LogSoftmax(name="log_probs"),
-    ])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=nll)
-    return model
-
-
-def make_data(huge_rows=()):
-    rng = np.random.RandomState(0)
-    x, y = rng.randn(64, 4).astype("float32"), rng.randint(0, 3, 64)
-    for row in huge_rows:
-        x[row] *= 1e4
-    return x, y
-
-
-BAD = (40, 45)  # batch 2 of 16 (rows 32..47): its samples 8 and 13
-
-
-class Batches(keras.callbacks.Callback):
-    """How many batches ran, and the weights the last one began with."""
-
-    def __init__(self):
-        super().__init__()
-        self.count, self.before = 0, None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.count += 1
-        self.before = [w.copy() for w in self.model.get_weights()]
-
-
-def same(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(a, b))
-
-
-def finite(weights):
-    return all(np.isfinite(w).all() for w in weights)
-
-
-def summary(report):
-    return dict(step=report.step, phase=str(report.phase), module=report.module, op=report.op,
-                samples=report.samples, cause=report.cause, parameter=report.parameter, note=report.note or "")
-
-{scenarios}
-
-results = {{}}
-for name, scenario in list(globals().items()):
-    if name.startswith("scenario_"):
-        try:
-            results[name[len("scenario_"):]] = scenario()
-        except Exception:
-            results[name[len("scenario_"):]] = {{"error": traceback.format_exc()}}
-print(json.dumps(results))
-'''
 
 TORCH_SCENARIOS = '''
 def scenario_raise():
@@ -293,23 +206,9 @@ def scenario_tensorflow_backend():
 '''
 
 
-def run_script(backend: str, scenarios: str) -> dict:
-    code = SCRIPT.format(backend=backend, scenarios=textwrap.dedent(scenarios))
-    env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def on_torch():
     return run_script("torch", TORCH_SCENARIOS + PRIVATE_SCENARIOS)
-
-
-def result(results: dict, name: str) -> dict:
-    outcome = results[name]
-    assert "error" not in outcome, outcome.get("error")
-    return outcome
 
 
 def test_fit_raises_before_the_update_naming_layer_op_samples_and_cause(on_torch):
