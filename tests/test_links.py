@@ -179,32 +179,20 @@ def test_every_relative_link_opens_in_jupyterlab(notebook):
             broken.append(f"{link}: outside the folder JupyterLab serves ({root.relative_to(ROOT)}/)")
         elif not target.exists():
             broken.append(f"{link}: no such file")
+        elif parsed.fragment and target.suffix == ".ipynb" and target == notebook:
+            if urllib.parse.unquote(parsed.fragment) not in lab_anchors(target):
+                broken.append(f"{link}: no heading #{parsed.fragment} in {target.name}")
         elif parsed.fragment and target.suffix == ".ipynb":
             fragment = urllib.parse.unquote(parsed.fragment)
-            if target != notebook and fragment in lab_anchors(target):
-                cell = next((key for key, heading in heading_cells(target).items() if heading == fragment), None)
+            heading = heading_cells(target).get(fragment)
+            if heading is None and fragment in lab_anchors(target):
                 broken.append(f"{link}: JupyterLab opens {target.name} at its top, not at #{fragment}: link "
-                              f"#{cell or 'cell-id=ID'} (give the heading's cell a readable id if it has none)")
-            elif fragment not in (heading_cells(target) if target != notebook else lab_anchors(target)):
-                broken.append(f"{link}: no {'heading cell' if target != notebook else 'heading'} #{fragment} "
-                              f"in {target.name}")
+                              f"#cell-id={fragment} and give the heading's cell that id")
+            elif heading is None:
+                broken.append(f"{link}: no heading cell #{fragment} in {target.name}")
+            elif fragment != f"cell-id={heading}":  # the source of a link says where it goes, not a random id
+                broken.append(f"{link}: give that cell the readable id {heading!r}")
     assert not broken, broken
-
-
-def test_cells_linked_by_id_carry_readable_ids():
-    """A link reads ``glossary.ipynb#cell-id=Spectral-radius``, not a random id: a linked heading cell's id is its
-    heading's id, so the source of a link says where it goes."""
-    unreadable = []
-    for notebook in NOTEBOOKS:
-        for link in relative_links(notebook):
-            parsed = urllib.parse.urlparse(link)
-            fragment = urllib.parse.unquote(parsed.fragment)
-            target = served_target(lab_root(), notebook, parsed.path)
-            if fragment.startswith("cell-id=") and target is not None and target.exists():
-                heading = heading_cells(target).get(fragment)
-                if heading is not None and fragment != f"cell-id={heading}":
-                    unreadable.append(f"{notebook.name}: {link}: give that cell the id {heading!r}")
-    assert not unreadable, unreadable
 
 
 def test_the_glossary_defines_every_term_and_each_is_linked_at_its_first_use():
