@@ -11,6 +11,7 @@ Needs Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs it) a
 which drives that Chromium (its own browser download is not used). Without them the tests skip and say why.
 The notebooks are served from a temporary copy, so the committed ones are never touched.
 """
+import contextlib
 import os
 import pathlib
 import shutil
@@ -87,6 +88,7 @@ def _served_copy(tmp_path_factory) -> pathlib.Path:
     return served
 
 
+@contextlib.contextmanager
 def _serve(tmp_path_factory, served: pathlib.Path, windowing: str | None):
     """Start JupyterLab on ``served`` as `make lab` does, with a fresh user-settings folder (``windowing``: the
     notebook windowing mode, None for JupyterLab's default); yields the base URL."""
@@ -108,10 +110,12 @@ def _serve(tmp_path_factory, served: pathlib.Path, windowing: str | None):
                 server.terminate()
                 pytest.fail(f"JupyterLab did not start: {(settings / 'lab.log').read_text()[-2000:]}")
             time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,7 @@ def lab(tmp_path_factory, browser):
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         nbformat.write(notebook, served / name)
-    for url in _serve(tmp_path_factory, served, windowing="none"):
+    with _serve(tmp_path_factory, served, windowing="none") as url:
         yield url, served
 
 
@@ -132,7 +136,7 @@ def lab(tmp_path_factory, browser):
 def lab_as_installed(tmp_path_factory, browser):
     """JupyterLab with its own default settings (a student's), serving a copy of notebooks/ as committed."""
     served = _served_copy(tmp_path_factory)
-    for url in _serve(tmp_path_factory, served, windowing=None):
+    with _serve(tmp_path_factory, served, windowing=None) as url:
         yield url, served
 
 
